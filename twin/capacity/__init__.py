@@ -1,0 +1,1 @@
+"""Queueing theory, scalability fits and capacity recommendations."""

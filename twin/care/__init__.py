@@ -1,0 +1,1 @@
+"""Care teams and the nurse work they do on the alerts (SimPy)."""

@@ -1,0 +1,1 @@
+"""The citizens: population, physiology, exacerbations, regimes and sessions (vectorised with numpy)."""

@@ -1,0 +1,102 @@
+"""Citizen sessions: when each citizen sits down to measure, and when the upload arrives.
+
+A session is scheduled on the citizen's agreed weekdays (daily for everyone during the run-in
+after enrolment, T2–T4), done with the citizen's adherence (a Beta draw per citizen that declines
+over the first year, T8; a little lower at weekends), and joined by *extra* sessions on days the
+citizen feels worse (in an exacerbation or a bad spell). It starts near the citizen's habitual time
+of day (hour profile T9), lasts ``session_duration_min`` (T6), and is uploaded at its end. A small
+share of uploads fail and are retried later (lognormal delay), and a few are sent twice (D9): the
+duplicate is the idempotency case the API must absorb.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+
+from twin.clinical.bad_spells import Spells
+from twin.clinical.exacerbations import Episodes
+from twin.clinical.population import DAYS_PER_YEAR, Citizens
+from twin.scenario import Regime, Uploads
+
+KIND_RUN_IN, KIND_SCHEDULED, KIND_EXTRA = 0, 1, 2
+SESSION_KINDS = ("run_in", "scheduled", "extra")
+MINUTES_PER_DAY = 1440.0
+EARLIEST_MIN, LATEST_MIN = 6 * 60.0, 23 * 60.0  # nobody measures in the night
+
+
+@dataclass
+class Sessions:
+    citizen: np.ndarray  # int index into the cohort's Citizens
+    start_day: np.ndarray  # float days from the run start
+    kind: np.ndarray  # int8 KIND_*
+    upload_day: np.ndarray  # the successful upload (end of session, or after retries)
+    attempts: np.ndarray  # int8: 1 + failed upload attempts
+    duplicate_day: np.ndarray  # a second, identical upload (NaN if none)
+    scheduled_due: int  # scheduled and run-in sessions that were due (for adherence)
+
+    def __len__(self) -> int:
+        return len(self.citizen)
+
+
+def symptomatic_grid(n: int, duration_days: int, episodes: Episodes, spells: Spells) -> np.ndarray:
+    """Boolean (citizen, day): the citizen has symptoms of an exacerbation or a bad spell that day."""
+    diff = np.zeros((n, duration_days + 1), dtype=np.int32)
+    for cit, s, e in ((episodes.citizen, episodes.onset_day - episodes.symptom_lead_days,
+                       episodes.onset_day + episodes.recovery_days),
+                      (spells.citizen, spells.start_day, spells.start_day + spells.duration_days)):
+        s_day = np.clip(np.floor(s), 0, duration_days).astype(np.int64)
+        e_day = np.clip(np.ceil(e), 0, duration_days).astype(np.int64)
+        keep = e_day > s_day
+        np.add.at(diff, (cit[keep], s_day[keep]), 1)
+        np.add.at(diff, (cit[keep], e_day[keep]), -1)
+    return np.cumsum(diff[:, :duration_days], axis=1) > 0
+
+
+def schedule_sessions(citizens: Citizens, exit_day: np.ndarray, regime: Regime, uploads: Uploads,
+                      start: dt.date, duration_days: int, symptomatic: np.ndarray,
+                      rng: np.random.Generator) -> Sessions:
+    n = len(citizens)
+    day = np.arange(duration_days)
+    weekday = (start.weekday() + day) % 7
+    enrol = np.floor(citizens.enrol_day)
+    since_enrol = day[None, :] - enrol[:, None]  # days since the training day
+    active = (since_enrol >= 1) & (day[None, :] < np.floor(exit_day)[:, None])
+    run_in = active & (since_enrol <= regime.run_in_days)
+    on_pattern = ((citizens.weekday_bits[:, None] >> weekday[None, :].astype(np.uint8)) & 1).astype(bool)
+    due = active & (run_in | on_pattern)
+
+    ci, di = np.nonzero(due)
+    decline = regime.adherence_decline_first_year * np.clip(since_enrol[ci, di] / DAYS_PER_YEAR, 0, 1)
+    p_done = np.clip(citizens.adherence[ci] - decline, 0, 1)
+    p_done = np.where(weekday[di] >= 5, p_done * regime.weekend_adherence_ratio, p_done)
+    done = rng.random(ci.size) < p_done
+    kind = np.where(run_in[ci, di], KIND_RUN_IN, KIND_SCHEDULED).astype(np.int8)
+    scheduled_due = int(ci.size)
+    ci, di, kind = ci[done], di[done], kind[done]
+
+    # Extra sessions on symptomatic days that had no session due.
+    ei, ed = np.nonzero(active & symptomatic & ~due)
+    extra = rng.random(ei.size) < regime.extra_session_prob_per_symptomatic_day
+    ei, ed = ei[extra], ed[extra]
+
+    cit = np.concatenate([ci, ei])
+    d = np.concatenate([di, ed]).astype(float)
+    kind = np.concatenate([kind, np.full(ei.size, KIND_EXTRA, dtype=np.int8)])
+    minute = np.clip(citizens.habit_min_of_day[cit] + rng.normal(0, regime.session_time_sd_min, cit.size),
+                     EARLIEST_MIN, LATEST_MIN)
+    start_day = d + minute / MINUTES_PER_DAY
+    order = np.argsort(start_day, kind="stable")
+    cit, start_day, kind = cit[order], start_day[order], kind[order]
+
+    end_day = start_day + regime.session_duration_min / MINUTES_PER_DAY
+    failed = rng.random(cit.size) < uploads.retry_prob
+    delay_min = rng.lognormal(np.log(max(uploads.retry_delay_median_min, 1e-9)), uploads.retry_delay_sigma, cit.size)
+    upload_day = np.where(failed, end_day + delay_min / MINUTES_PER_DAY, end_day)
+    attempts = np.where(failed, 2, 1).astype(np.int8)
+    duplicated = rng.random(cit.size) < uploads.duplicate_prob
+    dup_s = rng.lognormal(np.log(max(uploads.duplicate_delay_median_s, 1e-9)), 1.0, cit.size)
+    duplicate_day = np.where(duplicated, upload_day + dup_s / 86_400, np.nan)
+    return Sessions(cit, start_day, kind, upload_day, attempts, duplicate_day, scheduled_due)
