@@ -108,11 +108,16 @@ def simulate(scenario: Scenario, progress: Callable[[str], None] | None = None) 
     cit_frames, ep_frames, sp_frames, se_frames = [], [], [], []
     offset = 0
     session_offset = 0
-    for (k, cohort, c, ep, ex, sp, se, rd, level), team in zip(per_cohort, team_of, strict=True):
+    scheduled_due = 0
+    cohort_names = [c.name for c in scenario.cohorts]
+    for team in team_of:
+        # Pop each cohort's arrays as its frames are built, so the big ones are not held twice.
+        _k, cohort, c, ep, ex, sp, se, rd, level = per_cohort.pop(0)
+        scheduled_due += se.scheduled_due
         n = len(c)
         ids = np.arange(offset, offset + n)
         frame = {
-            "citizen_id": ids, "cohort": cohort.name, "disease": cohort.disease,
+            "citizen_id": ids, "cohort": cohort.name, "disease": cohort.disease,  # few rows: plain strings
             "enrol_day": c.enrol_day, "exit_day": np.where(ex.exit_day < days, ex.exit_day, np.inf),
             "exit_reason": np.where(ex.exit_day < days, np.array(EXIT_REASONS, dtype=object)[ex.reason], "none"),
             "age_years": c.age_years, "female": c.female,
@@ -141,7 +146,8 @@ def simulate(scenario: Scenario, progress: Callable[[str], None] | None = None) 
         m = len(se)
         sess = {
             "session_id": np.arange(session_offset, session_offset + m), "citizen_id": ids[se.citizen],
-            "cohort": cohort.name, "team_id": team[se.citizen], "org_code": orgs.code[c.org[se.citizen]],
+            "cohort": pd.Categorical.from_codes(np.full(m, cohort_names.index(cohort.name), dtype=np.int8), cohort_names),
+            "team_id": team[se.citizen].astype(np.int32), "org_code": orgs.code[c.org[se.citizen]].astype(np.int16),
             "kind": pd.Categorical.from_codes(se.kind, SESSION_KINDS),
             "start_day": se.start_day, "upload_day": se.upload_day, "attempts": se.attempts,
             "duplicate_day": se.duplicate_day,
@@ -156,12 +162,16 @@ def simulate(scenario: Scenario, progress: Callable[[str], None] | None = None) 
         sess["true_dev_spo2"] = rd.deviation["spo2"].astype(np.float32)
         sess["true_dev_pulse"] = rd.deviation["pulse"].astype(np.float32)
         se_frames.append(pd.DataFrame(sess))
+        del sess, se, rd, level
         offset += n
         session_offset += m
     citizens_df = pd.concat(cit_frames, ignore_index=True)
     episodes_df = pd.concat(ep_frames, ignore_index=True)
     spells_df = pd.concat(sp_frames, ignore_index=True)
-    sessions_df = pd.concat(se_frames, ignore_index=True).sort_values("start_day", kind="stable", ignore_index=True)
+    sessions_df = pd.concat(se_frames, ignore_index=True)
+    del se_frames
+    if len(scenario.cohorts) > 1:  # each cohort is already in time order
+        sessions_df = sessions_df.sort_values("start_day", kind="stable", ignore_index=True)
     lap("tables")
 
     # Nurse work (SimPy).
@@ -193,6 +203,5 @@ def simulate(scenario: Scenario, progress: Callable[[str], None] | None = None) 
                              "org_kind": orgs.kind[teams.org], "region": orgs.region[teams.org],
                              "nurses": teams.nurses, "caseload_at_start": teams.caseload_at_start})
     lap("nurse_work")
-    scheduled_due = sum(se.scheduled_due for *_, se, _rd, _lv in per_cohort)
     return RunResult(scenario, citizens_df, episodes_df, spells_df, sessions_df, work_df, backlog_df, teams_df,
                      scheduled_due, timings)

@@ -360,6 +360,10 @@ class Scenario:
                                      ("rules", c.rules, self.rules)):
                 if key not in table:
                     raise ScenarioError(f"cohorts[{i}].{kind}: {key!r} is not defined; defined are {', '.join(table)}")
+            missing = set(self.regimes[c.regime].questions) - set(self.diseases[c.disease].symptoms)
+            if missing:
+                raise ScenarioError(f"cohorts[{i}]: regime {c.regime!r} asks {', '.join(sorted(missing))}, but disease "
+                                    f"{c.disease!r} has no symptoms.<question> probabilities for it")
 
     @property
     def citizens(self) -> int:

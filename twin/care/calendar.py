@@ -26,20 +26,30 @@ class ShiftCalendar:
     shift_end_hour: float
     working_days: tuple[str, ...]
 
+    def __post_init__(self) -> None:
+        # Precomputed once: on_shift() runs for every dispatch in the nurse model.
+        working = tuple((self.start.weekday() + d) % 7 in {WEEKDAYS.index(w) for w in self.working_days}
+                        for d in range(7))
+        object.__setattr__(self, "_working_by_offset", working)
+        object.__setattr__(self, "_shift_min", (self.shift_start_hour * 60, self.shift_end_hour * 60))
+        object.__setattr__(self, "_always_on", self.shift_start_hour <= 0 and self.shift_end_hour >= 24
+                           and len(set(self.working_days)) == 7)
+
     @property
     def always_on(self) -> bool:
-        return self.shift_start_hour <= 0 and self.shift_end_hour >= 24 and len(set(self.working_days)) == 7
+        return self._always_on
 
     def is_working_day(self, day: int) -> bool:
-        return WEEKDAYS[(self.start.weekday() + day) % 7] in self.working_days
+        return self._working_by_offset[day % 7]
 
     def on_shift(self, t_min: float) -> bool:
-        if self.always_on:
+        if self._always_on:
             return True
         day = int(t_min // MINUTES_PER_DAY)
+        if not self._working_by_offset[day % 7]:
+            return False
         minute = t_min - day * MINUTES_PER_DAY
-        return (self.is_working_day(day)
-                and self.shift_start_hour * 60 <= minute < self.shift_end_hour * 60)
+        return self._shift_min[0] <= minute < self._shift_min[1]
 
     def shift_starts(self, until_min: float) -> list[float]:
         """The start minute of every shift from day 0 until ``until_min``."""

@@ -7,10 +7,10 @@ data is released at the start of the team's review days in half-hour blocks. A f
 takes the next item and works it to the end (a nurse finishes the item in hand after the shift
 ends); nobody starts work off shift.
 
-SimPy is the event scheduler: one feeder process releases the work items at their times, one shift
-process wakes every team at the start of each shift, and each item in service is one timeout whose
-callback frees the nurse. That keeps the event count at about two per item, so a year of 10,000
-citizens' alerts takes well under a second.
+SimPy is the event scheduler: one shift process wakes every team at the start of each shift, each
+item in service is one timeout whose callback frees the nurse, and an idle team waits for its next
+release with a timeout. Items arriving while the team is busy need no event of their own (see
+``_Team``), which keeps a year of 10,000 citizens' work near one event per item.
 """
 
 from __future__ import annotations
@@ -52,37 +52,68 @@ class WorkDone:
 
 
 class _Team:
-    __slots__ = ("env", "calendar", "free", "queue", "items", "done", "waiting_work_min")
+    """One team's worklist and free nurses. Plain Python lists, not numpy: this runs per item.
 
-    def __init__(self, env: simpy.Environment, nurses: int, calendar: ShiftCalendar, items: WorkItems,
-                 done: WorkDone) -> None:
-        self.env, self.calendar, self.items, self.done = env, calendar, items, done
+    Items enter the worklist *lazily*: an item released while every nurse is busy (or off shift)
+    cannot be started before a nurse frees up (or the shift starts), so it is pulled into the
+    worklist at that moment, together with everything else released by then — the same choice a
+    nurse would make had it arrived in real time. Only a team with an idle nurse on shift waits
+    for a release with a timeout of its own. That halves the events per item.
+    """
+
+    __slots__ = ("env", "calendar", "free", "queue", "todo", "next_todo", "wake_at", "priority", "release",
+                 "service", "start", "end", "nurse", "waiting_work_min")
+
+    def __init__(self, env: simpy.Environment, nurses: int, calendar: ShiftCalendar, columns: dict[str, list],
+                 todo: list[int]) -> None:
+        self.env, self.calendar = env, calendar
+        self.priority, self.release, self.service = columns["priority"], columns["release"], columns["service"]
+        self.start, self.end, self.nurse = columns["start"], columns["end"], columns["nurse"]
         self.free = list(range(nurses - 1, -1, -1))  # a stack: nurse 0 is taken first
         self.queue: list[tuple[int, float, int]] = []
+        self.todo, self.next_todo = todo, 0  # this team's items by release time; the next not yet pulled
+        self.wake_at = float("inf")
         self.waiting_work_min = 0.0
 
-    def arrive(self, i: int) -> None:
-        heapq.heappush(self.queue, (int(self.items.priority[i]), float(self.items.release_min[i]), i))
-        self.waiting_work_min += float(self.items.service_min[i])
-        self.dispatch()
+    def pull(self, now: float) -> None:
+        """Move every item released by ``now`` into the worklist."""
+        todo, k, release = self.todo, self.next_todo, self.release
+        while k < len(todo) and release[todo[k]] <= now:
+            i = todo[k]
+            heapq.heappush(self.queue, (self.priority[i], release[i], i))
+            self.waiting_work_min += self.service[i]
+            k += 1
+        self.next_todo = k
 
-    def dispatch(self) -> None:
-        if not self.free or not self.queue or not self.calendar.on_shift(self.env.now):
+    def work(self) -> None:
+        """Pull what has arrived, start what free nurses can, and wait for the next release if idle."""
+        now = self.env.now
+        self.pull(now)
+        if not self.free or not self.calendar.on_shift(now):
             return
         while self.free and self.queue:
             _, _, i = heapq.heappop(self.queue)
             nurse = self.free.pop()
-            service = float(self.items.service_min[i])
+            service = self.service[i]
             self.waiting_work_min -= service
-            self.done.start_min[i] = self.env.now
-            self.done.nurse[i] = nurse
-            ev = self.env.timeout(service)
-            ev.callbacks.append(lambda _ev, i=i, nurse=nurse: self._finish(i, nurse))
+            self.start[i] = now
+            self.nurse[i] = nurse
+            self.env.timeout(service, (i, nurse)).callbacks.append(self._finish)
+        if self.free and self.next_todo < len(self.todo):
+            t = self.release[self.todo[self.next_todo]]
+            if t < self.wake_at:  # one pending wake-up is enough
+                self.wake_at = t
+                self.env.timeout(t - now).callbacks.append(self._wake)
 
-    def _finish(self, i: int, nurse: int) -> None:
-        self.done.end_min[i] = self.env.now
+    def _wake(self, _event) -> None:
+        self.wake_at = float("inf")
+        self.work()
+
+    def _finish(self, event) -> None:
+        i, nurse = event.value
+        self.end[i] = self.env.now
         self.free.append(nurse)
-        self.dispatch()
+        self.work()
 
 
 def simulate_nurse_work(items: WorkItems, nurses_per_team: np.ndarray, calendar: ShiftCalendar,
@@ -91,20 +122,15 @@ def simulate_nurse_work(items: WorkItems, nurses_per_team: np.ndarray, calendar:
     n = len(items)
     if n and np.any(np.diff(items.release_min) < 0):
         raise ValueError("work items must be sorted by release_min")
-    done = WorkDone(np.full(n, np.nan), np.full(n, np.nan), np.full(n, -1, dtype=np.int32),
-                    *([] for _ in range(4)))
+    nan = float("nan")
+    columns = {"priority": items.priority.tolist(), "release": items.release_min.tolist(),
+               "service": items.service_min.tolist(), "start": [nan] * n, "end": [nan] * n, "nurse": [-1] * n}
+    backlog: dict[str, list] = {"team": [], "min": [], "items": [], "work_min": []}
     env = simpy.Environment()
-    teams = [_Team(env, int(c), calendar, items, done) for c in nurses_per_team]
-
-    def feeder():
-        release, team = items.release_min, items.team
-        for i in range(n):
-            t = release[i]
-            if t >= horizon_min:
-                return
-            if t > env.now:
-                yield env.timeout(t - env.now)
-            teams[team[i]].arrive(i)
+    order = np.argsort(items.team, kind="stable")  # stable: each team's items stay in release order
+    bounds = np.searchsorted(items.team[order], np.arange(len(nurses_per_team) + 1))
+    teams = [_Team(env, int(c), calendar, columns, order[bounds[k]:bounds[k + 1]].tolist())
+             for k, c in enumerate(nurses_per_team)]
 
     def shifts():
         for t in calendar.shift_starts(horizon_min):
@@ -113,18 +139,19 @@ def simulate_nurse_work(items: WorkItems, nurses_per_team: np.ndarray, calendar:
             if t > env.now:
                 yield env.timeout(t - env.now)
             for k, team in enumerate(teams):
-                done.backlog_team.append(k)
-                done.backlog_min.append(t)
-                done.backlog_items.append(len(team.queue))
-                done.backlog_work_min.append(team.waiting_work_min)
-                team.dispatch()
+                team.pull(t)
+                backlog["team"].append(k)
+                backlog["min"].append(t)
+                backlog["items"].append(len(team.queue))
+                backlog["work_min"].append(team.waiting_work_min)
+                team.work()
 
-    env.process(feeder())
-    if not calendar.always_on:
+    if calendar.always_on:
+        for team in teams:
+            team.work()
+    else:
         env.process(shifts())
     env.run(until=horizon_min)
-    done.backlog_team = np.array(done.backlog_team, dtype=np.int32)
-    done.backlog_min = np.array(done.backlog_min, dtype=float)
-    done.backlog_items = np.array(done.backlog_items, dtype=np.int32)
-    done.backlog_work_min = np.array(done.backlog_work_min, dtype=float)
-    return done
+    return WorkDone(np.array(columns["start"]), np.array(columns["end"]), np.array(columns["nurse"], dtype=np.int32),
+                    np.array(backlog["team"], dtype=np.int32), np.array(backlog["min"], dtype=float),
+                    np.array(backlog["items"], dtype=np.int32), np.array(backlog["work_min"], dtype=float))

@@ -135,4 +135,5 @@ def take_readings(citizens: Citizens, citizen: np.ndarray, t: np.ndarray, episod
         p = np.choose(state, [probs.stable, probs.bad_spell, probs.exacerbation])
         u = np.where(use_shared, shared, rng.random(n))
         answers[q] = u < p
-    return Readings(values, repeats, answers, state, dev)
+    values = {v: a.astype(np.float32) for v, a in values.items()}  # devices report <= 1 decimal
+    return Readings(values, repeats, answers, state, {v: dev[v].astype(np.float32) for v in ("spo2", "pulse")})

@@ -43,7 +43,7 @@ class Sessions:
 
 def symptomatic_grid(n: int, duration_days: int, episodes: Episodes, spells: Spells) -> np.ndarray:
     """Boolean (citizen, day): the citizen has symptoms of an exacerbation or a bad spell that day."""
-    diff = np.zeros((n, duration_days + 1), dtype=np.int32)
+    diff = np.zeros((n, duration_days + 1), dtype=np.int16)  # int16: overlapping episodes are few
     for cit, s, e in ((episodes.citizen, episodes.onset_day - episodes.symptom_lead_days,
                        episodes.onset_day + episodes.recovery_days),
                       (spells.citizen, spells.start_day, spells.start_day + spells.duration_days)):
@@ -52,33 +52,48 @@ def symptomatic_grid(n: int, duration_days: int, episodes: Episodes, spells: Spe
         keep = e_day > s_day
         np.add.at(diff, (cit[keep], s_day[keep]), 1)
         np.add.at(diff, (cit[keep], e_day[keep]), -1)
-    return np.cumsum(diff[:, :duration_days], axis=1) > 0
+    return np.cumsum(diff[:, :duration_days], axis=1, dtype=np.int16) > 0
+
+
+CHUNK_CITIZENS = 16_384  # citizens per (citizen, day) grid block: bounds memory at 100,000+ citizens
+
+
+def _due_days(citizens: Citizens, exit_day: np.ndarray, regime: Regime, start: dt.date, duration_days: int,
+              symptomatic: np.ndarray, lo: int, hi: int):
+    """For citizens lo..hi: (citizen, day) of due sessions (with run-in flag) and of symptomatic free days."""
+    day = np.arange(duration_days, dtype=np.int32)
+    weekday = ((start.weekday() + day) % 7).astype(np.uint8)
+    enrol = np.floor(citizens.enrol_day[lo:hi]).astype(np.int32)
+    since_enrol = day[None, :] - enrol[:, None]  # days since the training day
+    last = np.minimum(np.floor(np.minimum(exit_day[lo:hi], duration_days)), duration_days).astype(np.int32)
+    active = (since_enrol >= 1) & (day[None, :] < last[:, None])
+    run_in = active & (since_enrol <= regime.run_in_days)
+    on_pattern = ((citizens.weekday_bits[lo:hi, None] >> weekday[None, :]) & 1).astype(bool)
+    due = active & (run_in | on_pattern)
+    ci, di = np.nonzero(due)
+    ei, ed = np.nonzero(active & symptomatic[lo:hi] & ~due)
+    return ci + lo, di, run_in[ci, di], (since_enrol[ci, di]).astype(np.float64), ei + lo, ed
 
 
 def schedule_sessions(citizens: Citizens, exit_day: np.ndarray, regime: Regime, uploads: Uploads,
                       start: dt.date, duration_days: int, symptomatic: np.ndarray,
                       rng: np.random.Generator) -> Sessions:
     n = len(citizens)
-    day = np.arange(duration_days)
-    weekday = (start.weekday() + day) % 7
-    enrol = np.floor(citizens.enrol_day)
-    since_enrol = day[None, :] - enrol[:, None]  # days since the training day
-    active = (since_enrol >= 1) & (day[None, :] < np.floor(exit_day)[:, None])
-    run_in = active & (since_enrol <= regime.run_in_days)
-    on_pattern = ((citizens.weekday_bits[:, None] >> weekday[None, :].astype(np.uint8)) & 1).astype(bool)
-    due = active & (run_in | on_pattern)
+    blocks = [_due_days(citizens, exit_day, regime, start, duration_days, symptomatic, lo, min(lo + CHUNK_CITIZENS, n))
+              for lo in range(0, n, CHUNK_CITIZENS)]
+    ci, di, run_in, since, ei, ed = (np.concatenate(parts) for parts in zip(*blocks, strict=True)) if blocks else (
+        np.zeros(0, int),) * 6
+    weekday = (start.weekday() + di) % 7
 
-    ci, di = np.nonzero(due)
-    decline = regime.adherence_decline_first_year * np.clip(since_enrol[ci, di] / DAYS_PER_YEAR, 0, 1)
+    decline = regime.adherence_decline_first_year * np.clip(since / DAYS_PER_YEAR, 0, 1)
     p_done = np.clip(citizens.adherence[ci] - decline, 0, 1)
-    p_done = np.where(weekday[di] >= 5, p_done * regime.weekend_adherence_ratio, p_done)
+    p_done = np.where(weekday >= 5, p_done * regime.weekend_adherence_ratio, p_done)
     done = rng.random(ci.size) < p_done
-    kind = np.where(run_in[ci, di], KIND_RUN_IN, KIND_SCHEDULED).astype(np.int8)
+    kind = np.where(run_in, KIND_RUN_IN, KIND_SCHEDULED).astype(np.int8)
     scheduled_due = int(ci.size)
     ci, di, kind = ci[done], di[done], kind[done]
 
     # Extra sessions on symptomatic days that had no session due.
-    ei, ed = np.nonzero(active & symptomatic & ~due)
     extra = rng.random(ei.size) < regime.extra_session_prob_per_symptomatic_day
     ei, ed = ei[extra], ed[extra]
 

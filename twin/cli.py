@@ -1,0 +1,244 @@
+"""The ``twin`` command: thin — it parses, calls the library, and reports errors plainly.
+
+    twin run scenarios/kol-10k.toml [--replications N]     one scenario → results/kol-10k/
+    twin compare A.toml B.toml [--replications N]           paired differences (common random numbers)
+    twin whatif SCENARIO --parameter P --values v1,v2,…     one rule parameter swept
+    twin validate SCENARIO…                                 check scenario files, write nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from tqdm import tqdm
+
+from twin.scenario import Scenario, load_scenario
+from twin.validation import ScenarioError
+
+MODEL_STEPS = ("events", "sessions", "readings", "triage", "tables", "nurse_work")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("twin", "simpy", "numpy", "pandas", "scipy", "pyarrow", "matplotlib"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "?"
+    return out
+
+
+def _progress(total: int, desc: str, quiet: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="step", disable=quiet, leave=False, file=sys.stderr)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from twin.experiment import replication_seeds, run_replication, run_replications, summarise_replications
+    from twin.outcomes import calibration_table
+    from twin.report import build_report
+    from twin.results import atomic_directory, write_run_info, write_run_tables, write_scenario
+
+    scenario = load_scenario(args.scenario)
+    if args.seed is not None:
+        scenario = scenario.with_seed(args.seed)
+    name = Path(args.scenario).stem if Path(args.scenario).name != "scenario.toml" else scenario.run.name
+    out_final = Path(args.out) if args.out else Path("results") / name
+    seeds = replication_seeds(scenario, args.replications)
+    started = time.perf_counter()
+    with atomic_directory(out_final) as out:
+        bar = _progress(len(MODEL_STEPS) + 2, f"{name}: simulating", args.quiet)
+        result, figures = run_replication(scenario, lambda step: bar.update(1))
+        bar.set_description(f"{name}: writing trace")
+        write_scenario(scenario, out / "scenario.toml")
+        write_run_tables(result, figures, out)
+        bar.update(1)
+        info = {"scenario": name, "source": str(args.scenario), "seed": scenario.run.seed, "seeds": seeds,
+                "replications": args.replications, "citizens": int(len(result.citizens)),
+                "sessions": int(len(result.sessions)), "timings_s": result.timings_s,
+                "run_at": dt.datetime.now().isoformat(timespec="seconds"), "versions": _versions()}
+        if args.replications > 1:
+            bar.set_description(f"{name}: {args.replications - 1} more replications")
+            rep_bar = _progress(args.replications - 1, f"{name}: replications", args.quiet)
+            others = run_replications(scenario, seeds[1:], args.workers, on_done=lambda: rep_bar.update(1))
+            rep_bar.close()
+            first = [{"replication": 0, "seed": seeds[0], "metric": k, "value": v} for k, v in figures.items()]
+            import pandas as pd
+            others["replication"] += 1
+            per_rep = pd.concat([pd.DataFrame(first), others], ignore_index=True)
+            per_rep.to_csv(out / "tables" / "replications.csv", index=False)
+            summary = summarise_replications(per_rep).set_index("metric")
+            cal = calibration_table({k: summary.loc[k, "mean"] for k in summary.index})
+            cal = cal.join(summary[["ci_lo", "ci_hi", "replications"]], on="id")
+            cal.to_csv(out / "tables" / "calibration.csv", index=False)
+            oc = summary.reset_index().rename(columns={"mean": "value"})
+            oc.to_csv(out / "tables" / "outcomes.csv", index=False)
+        info["wall_s"] = round(time.perf_counter() - started, 2)
+        write_run_info(out, info)
+        if not args.no_report:
+            bar.set_description(f"{name}: report")
+            build_report(out)
+        bar.update(1)
+        bar.close()
+    print(f"{name}: {info['citizens']} citizens, {info['sessions']} sessions, {info['wall_s']} s "
+          f"-> {out_final}/report.html" + ("" if not args.no_report else " (no report)"))
+    cal = (out_final / "tables" / "calibration.csv").read_text(encoding="utf-8").splitlines()
+    outside = [line.split(",")[0] for line in cal[1:] if ",False," in line]
+    if outside and scenario.cohorts[0].disease == "copd" and name.startswith("kol-10k"):
+        print(f"note: outside the calibration bands: {', '.join(outside)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from twin.experiment import compare
+    from twin.report import build_comparison_report
+    from twin.results import atomic_directory, write_scenario
+
+    a, b = load_scenario(args.a), load_scenario(args.b)
+    name_a, name_b = Path(args.a).stem, Path(args.b).stem
+    out_final = Path(args.out) if args.out else Path("results") / f"compare-{name_a}-vs-{name_b}"
+    bar = _progress(2 * args.replications, f"compare {name_a} vs {name_b}", args.quiet)
+    with atomic_directory(out_final) as out:
+        per_a, per_b, diff = compare(a, b, args.replications, args.workers, on_done=lambda: bar.update(1))
+        bar.close()
+        per_a.assign(scenario=name_a).to_csv(out / "replications_a.csv", index=False)
+        per_b.assign(scenario=name_b).to_csv(out / "replications_b.csv", index=False)
+        diff.to_csv(out / "differences.csv", index=False)
+        write_scenario(a, out / "scenario_a.toml")
+        write_scenario(b, out / "scenario_b.toml")
+        (out / "comparison.json").write_text(json.dumps({
+            "scenario_a": name_a, "scenario_b": name_b, "replications": args.replications,
+            "seeds": sorted(per_a["seed"].unique().tolist())}, indent=2), encoding="utf-8")
+        build_comparison_report(out)
+    _print_differences(diff, name_a, name_b)
+    print(f"-> {out_final}/report.html")
+    return 0
+
+
+KEY_METRICS = ("red_alerts_per_week", "yellow_alerts_per_week", "sensitivity", "red_ppv", "nurse_hours_per_week",
+               "response_h_median_red", "admissions_per_patient_year")
+
+
+def _print_differences(diff, name_a: str, name_b: str) -> None:
+    print(f"{'metric':32s} {name_a:>12s} {name_b:>12s} {'B - A':>12s}  95% CI")
+    for _, r in diff[diff["metric"].isin(KEY_METRICS)].iterrows():
+        print(f"{r.metric:32s} {r.mean_a:12.3f} {r.mean_b:12.3f} {r.difference:12.3f}  [{r.ci_lo:.3f}, {r.ci_hi:.3f}]"
+              + (" *" if r.significant else ""))
+
+
+def cmd_whatif(args: argparse.Namespace) -> int:
+    from twin.experiment import what_if
+    from twin.report import build_whatif_report
+    from twin.results import atomic_directory, write_scenario
+    from twin.scenario import get_path, replace_path
+
+    scenario = load_scenario(args.scenario)
+    try:
+        current = get_path(scenario, args.parameter)
+    except (AttributeError, KeyError, IndexError, ValueError):
+        raise ScenarioError(f"--parameter {args.parameter}: no such parameter in {args.scenario}") from None
+    if not isinstance(current, int | float) or isinstance(current, bool):
+        raise ScenarioError(f"--parameter {args.parameter}: is {current!r}, not a number")
+    try:
+        values = [type(current)(v) for v in args.values.split(",") if v.strip()]
+    except ValueError:
+        raise ScenarioError(f"--values {args.values!r}: expected numbers separated by commas") from None
+    for v in values:
+        replace_path(scenario, args.parameter, v)  # validate every value before running anything
+    name = Path(args.scenario).stem
+    out_final = Path(args.out) if args.out else Path("results") / f"whatif-{name}-{args.parameter.split('.')[-1]}"
+    bar = _progress(len(values) * args.replications, f"what-if {args.parameter}", args.quiet)
+    with atomic_directory(out_final) as out:
+        sweep = what_if(scenario, args.parameter, values, args.replications, args.workers, on_done=lambda: bar.update(1))
+        bar.close()
+        sweep = sweep.rename(columns={"value": "metric_value"}).rename(columns={"parameter_value": "value"})
+        sweep.to_csv(out / "sweep.csv", index=False)
+        write_scenario(scenario, out / "scenario.toml")
+        (out / "whatif.json").write_text(json.dumps({
+            "scenario": name, "parameter": args.parameter, "values": values, "baseline_value": current,
+            "replications": args.replications}, indent=2), encoding="utf-8")
+        build_whatif_report(out)
+    pivot = sweep[sweep["metric"].isin(["red_alerts_per_week", "yellow_alerts_per_week", "sensitivity",
+                                        "nurse_hours_per_week"])].pivot_table(index="value", columns="metric",
+                                                                              values="metric_value", aggfunc="mean")
+    print(pivot.round(3).to_string())
+    print(f"-> {out_final}/report.html")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    for path in args.scenarios:
+        s: Scenario = load_scenario(path)
+        print(f"{path}: ok ({s.citizens} citizens in {len(s.cohorts)} cohort(s), {s.run.duration_days} days)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="twin", description="The FUT twin: COPD telemonitoring digital twin.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="simulate a scenario and write results/<scenario>/ with report.html")
+    r.add_argument("scenario", help="scenario file, e.g. scenarios/kol-10k.toml")
+    r.add_argument("--replications", type=_positive_int, default=1, help="independent seeds (95%% intervals if > 1)")
+    r.add_argument("--seed", type=int, help="override the scenario's seed")
+    r.add_argument("--workers", type=_positive_int, default=None, help="parallel processes (default: cores)")
+    r.add_argument("--out", help="results directory (default results/<scenario file name>)")
+    r.add_argument("--no-report", action="store_true", help="write tables and trace only")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("compare", help="compare two scenarios with common random numbers")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.add_argument("--replications", type=_positive_int, default=5)
+    c.add_argument("--workers", type=_positive_int, default=None)
+    c.add_argument("--out")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_compare)
+
+    w = sub.add_parser("whatif", help="vary one rule parameter over a list of values")
+    w.add_argument("scenario")
+    w.add_argument("--parameter", required=True,
+                   help="dotted path, e.g. rules.copd-national.thresholds.spo2.yellow_low")
+    w.add_argument("--values", required=True, help="comma-separated values, e.g. 90,91,92")
+    w.add_argument("--replications", type=_positive_int, default=3)
+    w.add_argument("--workers", type=_positive_int, default=None)
+    w.add_argument("--out")
+    w.add_argument("--quiet", action="store_true")
+    w.set_defaults(func=cmd_whatif)
+
+    v = sub.add_parser("validate", help="check scenario files without running them")
+    v.add_argument("scenarios", nargs="+")
+    v.set_defaults(func=cmd_validate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ScenarioError as exc:
+        print(f"twin: scenario error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("twin: interrupted; no results written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(main())
