@@ -28,7 +28,7 @@ from types import MappingProxyType
 
 from twin import rules as triage_rules
 from twin.rules.measurements import MEASUREMENTS, QUESTIONS
-from twin.validation import ScenarioError, build, deep_merge, field, to_plain
+from twin.validation import ScenarioError, build, field, merge, to_plain
 
 DEFAULTS_PATH = Path(__file__).parent / "defaults" / "defaults.toml"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -377,7 +377,7 @@ def resolve(data: dict) -> Scenario:
     """Merge a scenario table over the defaults and validate it."""
     with DEFAULTS_PATH.open("rb") as fh:
         defaults = tomllib.load(fh)
-    return build(Scenario, deep_merge(defaults, data))
+    return build(Scenario, merge(Scenario, defaults, data))
 
 
 def load_scenario(path: str | Path) -> Scenario:

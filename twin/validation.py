@@ -138,12 +138,27 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    """Tables merge key by key; any other value (numbers, strings, lists) replaces the base."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and not key.startswith("_replace"):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+def merge(tp: Any, base: Any, override: Any) -> Any:
+    """Lay ``override`` over ``base`` following the schema ``tp``.
+
+    Tables that are dataclasses merge key by key, as do named collections of them
+    (``[diseases.copd]``); a mapping of plain values — a share table such as ``mix`` — is replaced
+    whole, because half of one share table merged into another would no longer sum to 1. Lists and
+    values replace."""
+    if not (isinstance(base, dict) and isinstance(override, dict)):
+        return override
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = merge(hints[key], base[key], value) if key in hints and key in base else value
+        return out
+    if typing.get_origin(tp) is dict:
+        _key_tp, val_tp = typing.get_args(tp)
+        if not (dataclasses.is_dataclass(val_tp) or typing.get_origin(val_tp) is dict):
+            return override  # a share table or other leaf mapping: replaced whole
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = merge(val_tp, base[key], value) if key in base else value
+        return out
+    return override

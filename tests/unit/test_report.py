@@ -15,10 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twin.report import build_report
+from twin.report import build_comparison_report, build_report, build_whatif_report
 from twin.report.experiment_figures import whatif_summary
 from twin.report.figures import FIGURES, make_run_figures
-from twin.report.html import build_comparison_report, build_whatif_report
 from twin.report.metrics import fmt, fmt_interval, fmt_number, key_metrics, mean_ci
 from twin.report.runfiles import load_run_tables, team_summary
 
@@ -85,7 +84,8 @@ def _write_run(run_dir: Path, replications: bool = False, with_run_json: bool = 
         '[care]\nshift_start_hour = 8.0\nshift_end_hour = 15.5\nworking_days = ["mon", "tue", "wed", "thu", "fri"]\n'
         '[care.response_target_working_hours]\nred = 7.5\nyellow = 15.0\n', encoding="utf-8")
     if with_run_json:
-        info = {"scenario": "tiny", "seed": 7, "replications": 5 if replications else 1, "wall_s": 12.0}
+        info = {"scenario": "tiny", "seed": 7, "replications": 5 if replications else 1, "wall_s": 12.0,
+                "run_at": "2026-11-26T02:00:00", "timings_s": {"population": 0.5}, "versions": {"twin": "0.1.0"}}
         (run_dir / "run.json").write_text(json.dumps(info), encoding="utf-8")
     return run_dir
 
@@ -115,7 +115,8 @@ def test_run_report_has_every_section_and_figure(tmp_path: Path) -> None:
 def test_run_report_shows_replication_intervals(tmp_path: Path) -> None:
     html = build_report(_write_run(tmp_path / "run", replications=True)).read_text(encoding="utf-8")
     assert "95 % CI" in html
-    assert "5 replications" in html
+    assert "5 replications" in html and "show the first replication" in html
+    assert "2026-11-26T02:00:00" in html and "twin 0.1.0" in html
 
 
 def test_run_report_survives_missing_optional_inputs(tmp_path: Path) -> None:
@@ -165,7 +166,16 @@ def test_comparison_report(tmp_path: Path) -> None:
     assert html.count(PNG) == 1
     assert "strict-spo2" in html and "kol-10k" in html
     assert len(re.findall(r'<tr class="sig">', html)) == 2
-    assert "−20.0 %" in html or "-20.0 %" in html  # red alerts, relative to A
+    assert "−20.0 %" in html  # red alerts, relative to A
+    assert "−320 to −280" in html
+
+
+def test_comparison_report_without_json_or_intervals(tmp_path: Path) -> None:
+    pd.DataFrame({"metric": ["red_alerts_per_week"], "mean_a": [1500.0], "mean_b": [1400.0], "difference": [-100.0],
+                  "ci_lo": [np.nan], "ci_hi": [np.nan], "significant": [False], "replications": [1]}).to_csv(
+        tmp_path / "differences.csv", index=False)
+    html = build_comparison_report(tmp_path).read_text(encoding="utf-8")
+    assert html.count(PNG) == 1 and "−100" in html
 
 
 # ------------------------------------------------------------------------------------- what-if
@@ -193,6 +203,14 @@ def test_whatif_report(tmp_path: Path) -> None:
     assert html.count(PNG) == 1
     assert "rules.copd-national.spo2.red" in html
     assert "<td class=\"num\">90</td>" in html and "<td class=\"num\">92</td>" in html
+
+
+def test_whatif_report_reads_a_duplicated_value_column(tmp_path: Path) -> None:
+    """A sweep written with the metric's value under a second 'value' header still reads (no whatif.json)."""
+    sweep = _sweep().rename(columns={"metric_value": "value"})
+    sweep.to_csv(tmp_path / "sweep.csv", index=False)
+    html = build_whatif_report(tmp_path).read_text(encoding="utf-8")
+    assert html.count(PNG) == 1 and "71.0 %" in html
 
 
 def test_whatif_summary_sums_alerts_within_replications() -> None:

@@ -54,7 +54,8 @@ class ShiftCalendar:
     def shift_starts(self, until_min: float) -> list[float]:
         """The start minute of every shift from day 0 until ``until_min``."""
         days = math.ceil(until_min / MINUTES_PER_DAY) + 1
-        return [d * MINUTES_PER_DAY + self.shift_start_hour * 60 for d in range(days) if self.is_working_day(d)]
+        starts = (d * MINUTES_PER_DAY + self.shift_start_hour * 60 for d in range(days) if self.is_working_day(d))
+        return [t for t in starts if t < until_min]
 
     def working_minutes_until(self, t_min: np.ndarray) -> np.ndarray:
         """On-shift minutes in [0, t) for each t (vectorised)."""

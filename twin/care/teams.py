@@ -2,7 +2,7 @@
 
 A municipality's telemedicine team follows its own citizens; each region's hospital team follows
 the sickest citizens of its region (P5). Staffing is ``nurses_per_1000_citizens`` of the team's
-caseload at the start of the run, at least ``min_nurses_per_team``. The work a team does is its
+caseload at the start of the run, rounded up to whole nurses, at least ``min_nurses_per_team``. The work a team does is its
 alerts (triage of yellow and red sessions, with a phone call for red) and the routine review of
 every citizen's data on its review days (T7, T17, T18).
 """
@@ -45,7 +45,8 @@ def build_teams(cohort_names: list[str], cohort_org: list[np.ndarray], cohort_ac
             org_l.append(o)
             cohort_l.append(k)
             name_l.append(f"{orgs.name[o]} {cname} team")
-            nurses_l.append(max(care.min_nurses_per_team, int(round(caseload * care.nurses_per_1000_citizens / 1000))))
+            # Rounded up: a team of 320 at 4.5 per 1,000 needs 1.44 nurses, and one nurse would drown.
+            nurses_l.append(max(care.min_nurses_per_team, int(np.ceil(caseload * care.nurses_per_1000_citizens / 1000))))
             load_l.append(int(caseload))
     teams = Teams(np.array(org_l, dtype=int), np.array(cohort_l, dtype=int), np.array(name_l, dtype=object),
                   np.array(nurses_l, dtype=int), np.array(load_l, dtype=int))

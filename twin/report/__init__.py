@@ -6,10 +6,10 @@
 nurse hours and backlog, the calibration against C1–C20, and the figures with captions. The report
 never touches model objects, so it can be rebuilt from an archived results directory.
 
-``build_comparison_report`` and ``build_whatif_report`` (in :mod:`twin.report.html`) do the same for
-the outputs of ``twin compare`` and ``twin what-if``.
+``build_comparison_report`` and ``build_whatif_report`` do the same for the outputs of
+``twin compare`` and ``twin what-if``.
 """
 
-from twin.report.html import build_report
+from twin.report.html import build_comparison_report, build_report, build_whatif_report
 
-__all__ = ["build_report"]
+__all__ = ["build_comparison_report", "build_report", "build_whatif_report"]

@@ -87,7 +87,7 @@ def _abs_label(r) -> str:
     v = f"{r.difference * scale:+.3g}{unit}"
     if np.isfinite(r.ci_lo) and np.isfinite(r.ci_hi):
         v += f" [{r.ci_lo * scale:+.3g}, {r.ci_hi * scale:+.3g}]"
-    return v
+    return v.replace("-", "\u2212")
 
 
 # --------------------------------------------------------------------------------------- what-if

@@ -90,7 +90,7 @@ def _run_header(run_dir: Path, info: dict, tables: dict[str, pd.DataFrame]) -> d
     replications = run.get("replications") or (len(seeds) if seeds else None)
     if replications is None and "calibration" in tables and "replications" in tables["calibration"]:
         replications = int(tables["calibration"]["replications"].max())
-    stamp = next((run[k] for k in ("date", "finished", "finished_at", "started", "started_at") if run.get(k)), None)
+    stamp = next((run[k] for k in ("run_at", "date", "finished_at", "started_at") if run.get(k)), None)
     if stamp is None:
         source = run_dir / "run.json" if (run_dir / "run.json").is_file() else run_dir / "tables"
         stamp = dt.datetime.fromtimestamp(source.stat().st_mtime).strftime("%Y-%m-%d %H:%M") if source.exists() else "–"
@@ -108,6 +108,7 @@ def _run_header(run_dir: Path, info: dict, tables: dict[str, pd.DataFrame]) -> d
         "teams": len(tables["teams"]) if "teams" in tables else None,
         "wall_min": round(wall_s / 60, 1) if _finite(wall_s) else None,
         "versions": run.get("versions") if isinstance(run.get("versions"), dict) else {},
+        "timings_s": run.get("timings_s") if isinstance(run.get("timings_s"), dict) else {},
     }
 
 
@@ -265,13 +266,20 @@ def _seeds_text(seeds) -> str:
     return ", ".join(map(str, seeds[:5])) + (f" … ({len(seeds)} seeds)" if len(seeds) > 5 else "")
 
 
+def _signed(v: float, scale: float = 1.0, spec: str = ".3g") -> str:
+    """'+12', '−0.4', '0' (true minus sign); '–' when missing."""
+    if not _finite(v):
+        return "–"
+    x = float(v) * scale
+    return "0" if x == 0 else format(x, "+" + spec).replace("-", "\u2212")
+
+
 def build_comparison_report(out_dir: Path) -> Path:
     """Write ``out_dir/report.html`` for ``twin compare``: differences B − A with 95 % intervals."""
     out_dir = Path(out_dir)
     meta = _read_json(out_dir / "comparison.json")
     a, b = str(meta.get("scenario_a", "A")), str(meta.get("scenario_b", "B"))
     diff = pd.read_csv(out_dir / "differences.csv")
-    rel = relative_differences(diff).set_index("metric")["difference_pct"].to_dict()
     key_order = {m: i for i, m in enumerate(SHORT_LABELS)}
     diff = diff.assign(_key=diff["metric"].map(key_order)).sort_values("_key", na_position="last", kind="stable")
     rows = []
@@ -281,10 +289,11 @@ def build_comparison_report(out_dir: Path) -> Path:
         sig = str(r.get("significant")).lower() in ("true", "1")
         rows.append({"metric": SHORT_LABELS.get(r["metric"], r["metric"]), "key": r["metric"] in key_order,
                      "a": fmt(r["mean_a"], share), "b": fmt(r["mean_b"], share),
-                     "diff": f"{r['difference'] * scale:+.3g}" + (" pp" if share else "") if _finite(r["difference"]) else "–",
-                     "ci": (f"{r['ci_lo'] * scale:+.3g} to {r['ci_hi'] * scale:+.3g}"
+                     "diff": _signed(r["difference"], scale) + (" pp" if share and _finite(r["difference"]) else ""),
+                     "ci": (f"{_signed(r['ci_lo'], scale)} to {_signed(r['ci_hi'], scale)}"
                             if _finite(r.get("ci_lo")) and _finite(r.get("ci_hi")) else ""),
-                     "rel": f"{rel[r['metric']]:+.1f} %" if r["metric"] in rel and _finite(rel[r["metric"]]) else "",
+                     "rel": (_signed(r["difference"] / abs(r["mean_a"]) * 100, 1, ".1f") + " %"
+                             if _finite(r["difference"]) and _finite(r["mean_a"]) and r["mean_a"] != 0 else ""),
                      "significant": sig})
     figures = []
     if not relative_differences(diff).empty:
