@@ -57,9 +57,9 @@ def response_times(result: RunResult) -> pd.DataFrame:
 def demand_per_hour_of_week(demand: pd.DataFrame) -> pd.DataFrame:
     """Mean requests and sessions per clock hour of the week (Monday 00-01 = hour 0)."""
     minute = pd.DatetimeIndex(demand["minute"])
-    hour_of_week = minute.dayofweek * 24 + minute.hour
+    hour_of_week = minute.day_of_week * 24 + minute.hour
     per_hour = demand.drop(columns="minute").groupby([minute.floor("h")]).sum()
-    how = pd.DatetimeIndex(per_hour.index).dayofweek * 24 + pd.DatetimeIndex(per_hour.index).hour
+    how = pd.DatetimeIndex(per_hour.index).day_of_week * 24 + pd.DatetimeIndex(per_hour.index).hour
     out = per_hour.groupby(how).mean()
     out.index.name = "hour_of_week"
     peak_per_min = demand.drop(columns="minute").groupby(np.asarray(hour_of_week))["requests"].max()

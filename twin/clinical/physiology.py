@@ -135,5 +135,6 @@ def take_readings(citizens: Citizens, citizen: np.ndarray, t: np.ndarray, episod
         p = np.choose(state, [probs.stable, probs.bad_spell, probs.exacerbation])
         u = np.where(use_shared, shared, rng.random(n))
         answers[q] = u < p
-    values = {v: a.astype(np.float32) for v, a in values.items()}  # devices report <= 1 decimal
+    # Values stay float64 here: triage compares exactly these numbers, and the API, given the same
+    # reading as decimal text, must reach exactly the same colour.
     return Readings(values, repeats, answers, state, {v: dev[v].astype(np.float32) for v in ("spo2", "pulse")})
