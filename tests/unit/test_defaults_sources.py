@@ -20,9 +20,9 @@ def test_every_default_value_has_a_source():
         stripped = line.strip()
         if not stripped or stripped.startswith(("#", "[")):
             continue
-        if ASSIGNMENT.match(line) or re.match(r"^\s*[\w\"+-]+\s*=\s*[\[{]", line):
-            if not SOURCE.search(line):
-                missing.append(f"line {number}: {stripped}")
+        is_value = ASSIGNMENT.match(line) or re.match(r"^\s*[\w\"+-]+\s*=\s*[\[{]", line)
+        if is_value and not SOURCE.search(line):
+            missing.append(f"line {number}: {stripped}")
     assert not missing, "values without a source in defaults.toml:\n" + "\n".join(missing)
 
 
