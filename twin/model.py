@@ -24,7 +24,7 @@ from twin.clinical.bad_spells import simulate_bad_spells
 from twin.clinical.exacerbations import EXIT_REASONS, simulate_exacerbations
 from twin.clinical.physiology import take_readings
 from twin.clinical.population import MEASURED_VITALS, sample_citizens
-from twin.clinical.sessions import SESSION_KINDS, schedule_sessions, symptomatic_grid
+from twin.clinical.sessions import SESSION_KINDS, admitted_grid, schedule_sessions, symptomatic_grid
 from twin.organisations import load_organisations
 from twin.rng import Streams
 from twin.rules.triage import COLOURS, classify_answers, classify_values
@@ -83,9 +83,10 @@ def simulate(scenario: Scenario, progress: Callable[[str], None] | None = None) 
         spells = simulate_bad_spells(citizens.enrol_day, exits.exit_day, disease.bad_spells, days, s("bad-spells"))
         lap("events")
         symptomatic = symptomatic_grid(len(citizens), days, episodes, spells)
+        admitted = admitted_grid(len(citizens), days, episodes)
         sessions = schedule_sessions(citizens, exits.exit_day, regime, scenario.uploads, start, days, symptomatic,
-                                     s("sessions"))
-        del symptomatic
+                                     admitted, s("sessions"))
+        del symptomatic, admitted
         lap("sessions")
         readings = take_readings(citizens, sessions.citizen, sessions.start_day, episodes, spells, disease, regime,
                                  scenario.devices, s("readings"))
@@ -138,7 +139,7 @@ def simulate(scenario: Scenario, progress: Callable[[str], None] | None = None) 
         ep_frames.append(pd.DataFrame({
             "citizen_id": ids[ep.citizen], "onset_day": ep.onset_day, "severe": ep.severe, "sudden": ep.sudden,
             "prodrome_days": ep.prodrome_days, "symptom_lead_days": ep.symptom_lead_days,
-            "recovery_days": ep.recovery_days, "clustered": ep.clustered,
+            "recovery_days": ep.recovery_days, "admission_days": ep.admission_days, "clustered": ep.clustered,
             **{f"peak_{v}": a for v, a in ep.peak.items()},
         }))
         sp_frames.append(pd.DataFrame({"citizen_id": ids[sp.citizen], "start_day": sp.start_day,
@@ -183,7 +184,7 @@ def simulate(scenario: Scenario, progress: Callable[[str], None] | None = None) 
     items, source, review_day = build_work_items(
         flagged["team_id"].to_numpy(), flagged["upload_day"].to_numpy() * MINUTES_PER_DAY,
         flagged["colour"].cat.codes.to_numpy(), caseload, care, calendar, streams.get("nurse-work"))
-    done = simulate_nurse_work(items, teams.nurses, calendar, horizon_min=days * MINUTES_PER_DAY)
+    done = simulate_nurse_work(items, teams.fte, calendar, horizon_min=days * MINUTES_PER_DAY)
     is_alert = source >= 0
     alert_rows = flagged.iloc[np.where(is_alert, source, 0)]
     work_df = pd.DataFrame({
@@ -201,7 +202,7 @@ def simulate(scenario: Scenario, progress: Callable[[str], None] | None = None) 
                              "cohort": np.array([c.name for c in scenario.cohorts], dtype=object)[teams.cohort],
                              "org_code": orgs.code[teams.org], "org_name": orgs.name[teams.org],
                              "org_kind": orgs.kind[teams.org], "region": orgs.region[teams.org],
-                             "nurses": teams.nurses, "caseload_at_start": teams.caseload_at_start})
+                             "nurses": teams.nurses, "fte": teams.fte, "caseload_at_start": teams.caseload_at_start})
     lap("nurse_work")
     return RunResult(scenario, citizens_df, episodes_df, spells_df, sessions_df, work_df, backlog_df, teams_df,
                      scheduled_due, timings)

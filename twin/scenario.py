@@ -66,6 +66,8 @@ class Cohort:
     citizens: int = field(lo=0, hi=5_000_000)
     enrolments_per_year: float = field(lo=0)
     regional_share: float = field(lo=0, hi=1)  # sickest share followed by a region (hospital) team
+    regions: tuple[str, ...] = field(default=())  # live only in these regions (empty: all of Denmark)
+    municipalities: tuple[int, ...] = field(default=())  # live only in these municipality codes (empty: all)
 
 
 # ------------------------------------------------------------------------------------- disease
@@ -128,7 +130,8 @@ class Exacerbations:
     prodrome_days_sudden: float = field(lo=0, hi=30)
     prodrome_days_gradual_min: float = field(lo=0, hi=30)
     prodrome_days_gradual_max: float = field(lo=0, hi=30)
-    symptom_lead_days_gradual: float = field(lo=0, hi=30)
+    symptom_lead_days_gradual: float = field(lo=0, hi=30)  # median
+    symptom_lead_days_gradual_sigma: float = field(lo=0, hi=3)
     peak_days_after_onset: float = field(lo=0, hi=30)
     recovery_median_days: float = field(lo=0.5, hi=365)
     recovery_sigma: float = field(lo=0, hi=3)
@@ -136,6 +139,8 @@ class Exacerbations:
     recovery_tail_min_days: float = field(lo=1, hi=365)
     recovery_tail_max_days: float = field(lo=1, hi=365)
     hospitalisation_prob: float = field(lo=0, hi=1)
+    admission_days_median: float = field(lo=0.5, hi=100)
+    admission_days_sigma: float = field(lo=0, hi=3)
     moderate: Deltas
     severe: Deltas
 
@@ -189,6 +194,8 @@ class Disease:
     exits: Exits
     symptoms: dict[str, SymptomProbs] = field(choices=QUESTIONS)
     symptom_correlation: float = field(lo=0, hi=1)  # share of answers driven by one "feeling worse" draw
+    dbp_change_per_sbp_change: float = field(lo=0, hi=2)
+    min_pulse_pressure_mmhg: float = field(lo=0, hi=100)
 
 
 # -------------------------------------------------------------------------------------- regime
@@ -204,6 +211,8 @@ class Regime:
     extra_session_prob_per_symptomatic_day: float = field(lo=0, hi=1)
     hour_profile: tuple[float, ...] = field(lo=0, hi=1)
     session_time_sd_min: float = field(lo=0, hi=600)
+    earliest_session_hour: float = field(lo=0, hi=24)
+    latest_session_hour: float = field(lo=0, hi=24)
     session_duration_min: float = field(lo=1, hi=120)
     measurements: tuple[str, ...] = field(choices=tuple(MEASUREMENTS))
     questions: tuple[str, ...] = field(choices=QUESTIONS)
@@ -212,6 +221,8 @@ class Regime:
     repeat_spo2_prob: float = field(lo=0, hi=1)
 
     def validate(self) -> None:
+        if self.latest_session_hour <= self.earliest_session_hour:
+            raise ScenarioError("latest_session_hour must be after earliest_session_hour")
         if len(self.hour_profile) != 24:
             raise ScenarioError(f"hour_profile: needs 24 shares (hours 0..23), got {len(self.hour_profile)}")
         if abs(sum(self.hour_profile) - 1) > 1e-6:
@@ -243,8 +254,10 @@ class Threshold:
     red_high: float
     yellow_widen: float = field(lo=0)
     red_widen: float = field(lo=0)
-    yellow_tighten: float = field(lo=0)
-    red_tighten: float = field(lo=0)
+    yellow_tighten_below: float = field(lo=0)
+    yellow_tighten_above: float = field(lo=0)
+    red_tighten_below: float = field(lo=0)
+    red_tighten_above: float = field(lo=0)
 
     def validate(self) -> None:
         try:
@@ -254,7 +267,8 @@ class Threshold:
 
     def to_rules(self) -> triage_rules.StandardThreshold:
         ranges = triage_rules.ReferenceRanges(self.red_low, self.yellow_low, self.yellow_high, self.red_high)
-        return triage_rules.StandardThreshold(ranges, self.yellow_widen, self.red_widen, self.yellow_tighten, self.red_tighten)
+        return triage_rules.StandardThreshold(ranges, self.yellow_widen, self.red_widen, self.yellow_tighten_below,
+                                              self.yellow_tighten_above, self.red_tighten_below, self.red_tighten_above)
 
 
 @dataclass(frozen=True)
@@ -283,7 +297,7 @@ class Rules:
 @dataclass(frozen=True)
 class Care:
     nurses_per_1000_citizens: float = field(lo=0.01, hi=1000)
-    min_nurses_per_team: int = field(lo=1, hi=1000)
+    min_fte_per_team: float = field(lo=0.01, hi=1000)
     shift_start_hour: float = field(lo=0, hi=24)
     shift_end_hour: float = field(lo=0, hi=24)
     working_days: tuple[str, ...] = field(choices=WEEKDAYS)
@@ -318,15 +332,18 @@ class Devices:
     weight_noise_sd_kg: float = field(lo=0, hi=5)
     bp_bias_sd_mmhg: float = field(lo=0, hi=20)
     bp_noise_sd_mmhg: float = field(lo=0, hi=20)
+    dbp_error_per_sbp_error: float = field(lo=0, hi=2)  # cuff bias and noise on diastolic, relative to systolic
 
 
 @dataclass(frozen=True)
 class Uploads:
-    retry_prob: float = field(lo=0, hi=1)
+    retry_prob: float = field(lo=0, hi=0.99)  # P(an upload attempt fails)
+    max_attempts: int = field(lo=1, hi=100)  # the app keeps trying; the last attempt gets through
     retry_delay_median_min: float = field(lo=0, hi=10_000)
     retry_delay_sigma: float = field(lo=0, hi=5)
     duplicate_prob: float = field(lo=0, hi=1)
     duplicate_delay_median_s: float = field(lo=0, hi=86_400)
+    duplicate_delay_sigma: float = field(lo=0, hi=5)
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,9 @@ def nurse_work_per_team_week(result: RunResult) -> pd.DataFrame:
                                                  backlog_work_h_max=("work_min_waiting", "max"))
     backlog["backlog_work_h_max"] /= 60
     out = hours.join(backlog, how="outer").fillna(0).reset_index()
-    nurses = result.teams.set_index("team_id")["nurses"]
+    fte = result.teams.set_index("team_id")["fte"]
     care = result.scenario.care
-    out["available_hours"] = nurses.reindex(out["team_id"]).to_numpy() * care.shift_hours * len(care.working_days)
+    out["available_hours"] = fte.reindex(out["team_id"]).to_numpy() * care.shift_hours * len(care.working_days)
     out["utilisation"] = out["nurse_hours"] / out["available_hours"]
     return out
 

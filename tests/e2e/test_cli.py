@@ -79,7 +79,7 @@ def test_replications_give_intervals(tmp_path):
 def test_compare_uses_common_random_numbers(tmp_path):
     strict = tmp_path / "strict.toml"
     strict.write_text((SCENARIOS / "pilot-100.toml").read_text()
-                      + "\n[rules.copd-national.thresholds.spo2]\nyellow_tighten = 2.0\n")
+                      + "\n[rules.copd-national.thresholds.spo2]\nyellow_tighten_below = 2.0\n")
     out = tmp_path / "cmp"
     assert main(["compare", str(SCENARIOS / "pilot-100.toml"), str(strict), "--replications", "2", "--out", str(out),
                  "--quiet", "--workers", "1"]) == 0
@@ -93,7 +93,7 @@ def test_compare_uses_common_random_numbers(tmp_path):
 def test_whatif_sweeps_a_threshold(tmp_path):
     out = tmp_path / "wi"
     assert main(["whatif", str(SCENARIOS / "pilot-100.toml"), "--parameter",
-                 "rules.copd-national.thresholds.spo2.yellow_tighten", "--values", "2,3", "--replications", "2",
+                 "rules.copd-national.thresholds.spo2.yellow_tighten_below", "--values", "2,3", "--replications", "2",
                  "--out", str(out), "--quiet", "--workers", "1"]) == 0
     sweep = pd.read_csv(out / "sweep.csv")
     assert list(sweep.columns) == ["value", "replication", "seed", "metric", "metric_value"]

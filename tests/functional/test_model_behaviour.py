@@ -48,8 +48,8 @@ def test_more_nurses_shorter_response_times(kol10k):
 
 
 def test_stricter_thresholds_more_alerts_and_higher_sensitivity(kol10k, kol10k_figures):
-    stricter = replace_path(kol10k, "rules.copd-national.thresholds.spo2.yellow_tighten", 2.0)
-    stricter = replace_path(stricter, "rules.copd-national.thresholds.pulse.yellow_tighten", 10.0)
+    stricter = replace_path(kol10k, "rules.copd-national.thresholds.spo2.yellow_tighten_below", 2.0)
+    stricter = replace_path(stricter, "rules.copd-national.thresholds.pulse.yellow_tighten_above", 10.0)
     f = headline_figures(simulate(stricter))
     base = kol10k_figures
     assert f["yellow_alerts_per_week"] + f["red_alerts_per_week"] > base["yellow_alerts_per_week"] + base["red_alerts_per_week"]

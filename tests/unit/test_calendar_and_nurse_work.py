@@ -67,6 +67,17 @@ def test_teams_are_independent_and_nurses_work_in_parallel():
     assert sorted(done.nurse[:2].tolist()) == [0, 1]
 
 
+def test_a_part_time_nurse_works_the_first_part_of_the_shift():
+    # 0.2 FTE: on duty 08:00-09:30 (shift 7.5 h). Items at 09:00 and 10:00 on Monday.
+    work = items([(0, 540, PRIORITY_RED, 20), (0, 600, PRIORITY_RED, 20)])
+    done = simulate_nurse_work(work, np.array([0.2]), cal(), horizon_min=3 * DAY)
+    assert done.start_min[0] == 540  # within her hours
+    assert done.start_min[1] == DAY + 480  # after her hours: next morning
+    # 1.2 FTE: the full-timer takes the 10:00 item at once.
+    done = simulate_nurse_work(work, np.array([1.2]), cal(), horizon_min=3 * DAY)
+    assert done.start_min.tolist() == [540, 600]
+
+
 def test_unfinished_work_stays_open_and_backlog_is_recorded():
     work = items([(0, 100, PRIORITY_YELLOW, 500), (0, 100, PRIORITY_YELLOW, 500)])
     done = simulate_nurse_work(work, np.array([1]), cal(), horizon_min=900)

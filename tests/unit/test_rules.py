@@ -21,8 +21,8 @@ from twin.rules import (
     triage_session,
 )
 
-SPO2 = StandardThreshold(ReferenceRanges(88, 91, 100, 100), yellow_widen=2, red_widen=3.5, yellow_tighten=2.5,
-                         red_tighten=3.5)
+SPO2 = StandardThreshold(ReferenceRanges(88, 91, 100, 100), yellow_widen=2, red_widen=3.5, yellow_tighten_below=2.5,
+                         red_tighten_below=3.5)
 COPD_QUESTIONS = (QuestionRule(("dyspnoea",), "yellow"), QuestionRule(("dyspnoea", "cough"), "red"),
                   QuestionRule(("sputum",), "red"))
 
@@ -46,7 +46,7 @@ def test_ranges_must_nest():
     with pytest.raises(ValueError, match="nest"):
         ReferenceRanges(90, 88, 100, 100)
     with pytest.raises(ValueError, match="widen must not exceed tighten"):
-        StandardThreshold(ReferenceRanges(88, 91, 100, 100), yellow_widen=3, yellow_tighten=2)
+        StandardThreshold(ReferenceRanges(88, 91, 100, 100), yellow_widen=3, yellow_tighten_below=2)
 
 
 def test_individualise_widens_for_a_low_baseline_and_tightens_for_a_high_one():
@@ -85,6 +85,15 @@ def test_scalar_and_vectorised_triage_agree(values, baseline, answers):
         one = triage_session({"spo2": None if math.isnan(v) else v}, {"spo2": r},
                              {q: bool(ans[q][k]) for q in ans}, COPD_QUESTIONS)
         assert one.level == vec[k]
+
+
+def test_tightening_is_per_side():
+    high = individualise(SPO2, 97.0)
+    assert high.yellow_high >= 100 and high.red_high >= 100  # a rise in SpO2 never flags
+    pulse = StandardThreshold(ReferenceRanges(45, 50, 100, 120), yellow_widen=10, red_widen=20,
+                              yellow_tighten_above=15, red_tighten_above=30)
+    r = individualise(pulse, 70.0)
+    assert (r.red_low, r.yellow_low, r.yellow_high, r.red_high) == (45, 50, 85, 100)
 
 
 def test_questionnaire_significance():

@@ -42,6 +42,10 @@ class ShiftCalendar:
     def is_working_day(self, day: int) -> bool:
         return self._working_by_offset[day % 7]
 
+    def weekday_name(self, day: int) -> str:
+        """``mon`` … ``sun`` of run day ``day`` (independent of the system locale)."""
+        return WEEKDAYS[(self.start.weekday() + day) % 7]
+
     def on_shift(self, t_min: float) -> bool:
         if self._always_on:
             return True

@@ -1,6 +1,7 @@
 """Nurse work: care teams working their worklists during working hours (SimPy).
 
-Each care team has ``nurses`` and one worklist, served by priority (red, then yellow, then routine
+Each care team has nurses (its staffing in FTE: whole nurses plus one part-timer on duty for the
+first part of each shift) and one worklist, served by priority (red, then yellow, then routine
 review) and first-come-first-served within a priority, as the FUT clinician app sorts Tasks by
 ``-priority``. Alerts arrive when a flagged session is uploaded; routine review of every citizen's
 data is released at the start of the team's review days in half-hour blocks. A free nurse on shift
@@ -16,12 +17,13 @@ release with a timeout. Items arriving while the team is busy need no event of t
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import simpy
 
-from twin.care.calendar import ShiftCalendar
+from twin.care.calendar import MINUTES_PER_DAY, ShiftCalendar
 
 PRIORITY_RED, PRIORITY_YELLOW, PRIORITY_ROUTINE = 0, 1, 2
 WORK_KINDS = ("triage_red", "triage_yellow", "routine_review")
@@ -61,15 +63,22 @@ class _Team:
     for a release with a timeout of its own. That halves the events per item.
     """
 
-    __slots__ = ("env", "calendar", "free", "queue", "todo", "next_todo", "wake_at", "priority", "release",
-                 "service", "start", "end", "nurse", "waiting_work_min")
+    __slots__ = ("env", "calendar", "free", "off_duty", "duty_end_min", "queue", "todo", "next_todo", "wake_at",
+                 "priority", "release", "service", "start", "end", "nurse", "waiting_work_min")
 
-    def __init__(self, env: simpy.Environment, nurses: int, calendar: ShiftCalendar, columns: dict[str, list],
+    def __init__(self, env: simpy.Environment, fte: float, calendar: ShiftCalendar, columns: dict[str, list],
                  todo: list[int]) -> None:
         self.env, self.calendar = env, calendar
         self.priority, self.release, self.service = columns["priority"], columns["release"], columns["service"]
         self.start, self.end, self.nurse = columns["start"], columns["end"], columns["nurse"]
-        self.free = list(range(nurses - 1, -1, -1))  # a stack: nurse 0 is taken first
+        nurses = max(1, math.ceil(fte - 1e-9))
+        self.free = list(range(nurses - 1, -1, -1))  # a stack: nurse 0 is taken first, the part-timer last
+        self.off_duty: list[int] = []
+        # Minute of the day each nurse's duty ends: full-timers at the end of the shift, a part-timer
+        # (the fraction left of the team's FTE) after that fraction of the shift.
+        shift_start, shift_end = calendar.shift_start_hour * 60, calendar.shift_end_hour * 60
+        fractions = [1.0] * (nurses - 1) + [fte - (nurses - 1)]
+        self.duty_end_min = [shift_start + f * (shift_end - shift_start) for f in fractions]
         self.queue: list[tuple[int, float, int]] = []
         self.todo, self.next_todo = todo, 0  # this team's items by release time; the next not yet pulled
         self.wake_at = float("inf")
@@ -91,7 +100,11 @@ class _Team:
         self.pull(now)
         if not self.free or not self.calendar.on_shift(now):
             return
+        minute_of_day = now % MINUTES_PER_DAY
         while self.free and self.queue:
+            if not self.calendar.always_on and minute_of_day >= self.duty_end_min[self.free[-1]]:
+                self.off_duty.append(self.free.pop())  # a part-timer whose hours are over today
+                continue
             _, _, i = heapq.heappop(self.queue)
             nurse = self.free.pop()
             service = self.service[i]
@@ -116,9 +129,12 @@ class _Team:
         self.work()
 
 
-def simulate_nurse_work(items: WorkItems, nurses_per_team: np.ndarray, calendar: ShiftCalendar,
+def simulate_nurse_work(items: WorkItems, fte_per_team: np.ndarray, calendar: ShiftCalendar,
                         horizon_min: float) -> WorkDone:
-    """Run the teams' worklists until ``horizon_min``; items not finished by then stay open (NaN)."""
+    """Run the teams' worklists until ``horizon_min``; items not finished by then stay open (NaN).
+
+    ``fte_per_team`` is each team's staffing in full-time equivalents: 2.3 is two full-time nurses
+    and one on duty for the first 30 % of each shift."""
     n = len(items)
     if n and np.any(np.diff(items.release_min) < 0):
         raise ValueError("work items must be sorted by release_min")
@@ -128,9 +144,9 @@ def simulate_nurse_work(items: WorkItems, nurses_per_team: np.ndarray, calendar:
     backlog: dict[str, list] = {"team": [], "min": [], "items": [], "work_min": []}
     env = simpy.Environment()
     order = np.argsort(items.team, kind="stable")  # stable: each team's items stay in release order
-    bounds = np.searchsorted(items.team[order], np.arange(len(nurses_per_team) + 1))
-    teams = [_Team(env, int(c), calendar, columns, order[bounds[k]:bounds[k + 1]].tolist())
-             for k, c in enumerate(nurses_per_team)]
+    bounds = np.searchsorted(items.team[order], np.arange(len(fte_per_team) + 1))
+    teams = [_Team(env, float(f), calendar, columns, order[bounds[k]:bounds[k + 1]].tolist())
+             for k, f in enumerate(fte_per_team)]
 
     def shifts():
         for t in calendar.shift_starts(horizon_min):
@@ -139,6 +155,8 @@ def simulate_nurse_work(items: WorkItems, nurses_per_team: np.ndarray, calendar:
             if t > env.now:
                 yield env.timeout(t - env.now)
             for k, team in enumerate(teams):
+                team.free.extend(team.off_duty)  # part-timers are back
+                team.off_duty.clear()
                 team.pull(t)
                 backlog["team"].append(k)
                 backlog["min"].append(t)

@@ -2,7 +2,9 @@
 
 A municipality's telemedicine team follows its own citizens; each region's hospital team follows
 the sickest citizens of its region (P5). Staffing is ``nurses_per_1000_citizens`` of the team's
-caseload at the start of the run, rounded up to whole nurses, at least ``min_nurses_per_team``. The work a team does is its
+caseload at the start of the run, in full-time equivalents, at least ``min_fte_per_team``: 1.4 FTE
+is one full-time nurse and one on telemedicine duty for 40 % of each shift (a small municipality's
+telemedicine nurse does other work the rest of the day). The work a team does is its
 alerts (triage of yellow and red sessions, with a phone call for red) and the routine review of
 every citizen's data on its review days (T7, T17, T18).
 """
@@ -24,7 +26,8 @@ class Teams:
     org: np.ndarray  # int organisation index
     cohort: np.ndarray  # int cohort index
     name: np.ndarray  # str
-    nurses: np.ndarray  # int
+    fte: np.ndarray  # float: staffing in full-time equivalents
+    nurses: np.ndarray  # int: head count (whole nurses plus a part-timer)
     caseload_at_start: np.ndarray  # int
 
     def __len__(self) -> int:
@@ -34,7 +37,7 @@ class Teams:
 def build_teams(cohort_names: list[str], cohort_org: list[np.ndarray], cohort_active_at_start: list[np.ndarray],
                 care: Care, orgs: Organisations) -> tuple[Teams, list[np.ndarray]]:
     """Teams for every (cohort, organisation) with citizens, and each citizen's team index."""
-    org_l, cohort_l, name_l, nurses_l, load_l, team_of = [], [], [], [], [], []
+    org_l, cohort_l, name_l, fte_l, load_l, team_of = [], [], [], [], [], []
     for k, (cname, org, active) in enumerate(zip(cohort_names, cohort_org, cohort_active_at_start, strict=True)):
         present = np.unique(org)
         lookup = np.full(len(orgs.code), -1)
@@ -45,11 +48,11 @@ def build_teams(cohort_names: list[str], cohort_org: list[np.ndarray], cohort_ac
             org_l.append(o)
             cohort_l.append(k)
             name_l.append(f"{orgs.name[o]} {cname} team")
-            # Rounded up: a team of 320 at 4.5 per 1,000 needs 1.44 nurses, and one nurse would drown.
-            nurses_l.append(max(care.min_nurses_per_team, int(np.ceil(caseload * care.nurses_per_1000_citizens / 1000))))
+            fte_l.append(max(care.min_fte_per_team, caseload * care.nurses_per_1000_citizens / 1000))
             load_l.append(int(caseload))
+    fte = np.array(fte_l, dtype=float)
     teams = Teams(np.array(org_l, dtype=int), np.array(cohort_l, dtype=int), np.array(name_l, dtype=object),
-                  np.array(nurses_l, dtype=int), np.array(load_l, dtype=int))
+                  fte, np.ceil(fte - 1e-9).astype(int), np.array(load_l, dtype=int))
     return teams, team_of
 
 
@@ -79,8 +82,7 @@ def build_work_items(alert_team: np.ndarray, alert_release_min: np.ndarray, aler
 
     # Routine review: caseload x minutes per citizen on each review day, in blocks of chunk_min.
     n_teams, n_days = caseload.shape
-    review_days = [d for d in range(n_days) if calendar.is_working_day(d)
-                   and calendar.start.fromordinal(calendar.start.toordinal() + d).strftime("%a").lower() in care.review_days]
+    review_days = [d for d in range(n_days) if calendar.is_working_day(d) and calendar.weekday_name(d) in care.review_days]
     r_team, r_day, r_service = [], [], []
     for d in review_days:
         work = caseload[:, d] * care.routine_review_min_per_citizen

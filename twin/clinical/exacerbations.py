@@ -15,7 +15,8 @@ stepped **day by day, vectorised over citizens** (one Bernoulli draw per citizen
 clustering windows). Each event gets an onset type (sudden/gradual, X16), a prodrome length, a
 recovery time (lognormal plus a long tail, X17), hospitalisation (X8/X9) and peak physiological
 deltas (F10). Deaths: a background hazard growing with age, plus death within 30 days of a
-hospital admission (P12–P13). Dropout: a constant withdrawal hazard (P15).
+hospital admission (P12–P13). Dropout: a constant withdrawal hazard (P15). The caseload at day 0
+is everyone enrolled before it: the warm-up runs their exacerbations, not their exits.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Episodes:
     prodrome_days: np.ndarray  # physiological ramp starts this many days before onset
     symptom_lead_days: np.ndarray  # symptoms start this many days before onset
     recovery_days: np.ndarray  # onset -> recovered
+    admission_days: np.ndarray  # days in hospital from onset (0 if not admitted): no home sessions then
     clustered: np.ndarray  # bool: began inside the cluster window of a previous event
     peak: dict[str, np.ndarray]  # vital -> peak change from baseline
 
@@ -82,9 +84,12 @@ def simulate_exacerbations(citizens: Citizens, disease: Disease, start: dt.date,
     ex, xs = disease.exacerbations, disease.exits
     n = len(citizens)
     first_day = -WARMUP_DAYS
-    # Exits that do not depend on events: memoryless, drawn from when the citizen is first simulated.
-    t0 = np.maximum(citizens.enrol_day, first_day)
-    age_factor = xs.death_rate_ratio_per_year_of_age ** (citizens.age_years - 70)
+    # Exits that do not depend on events are memoryless, so they are drawn from day 0 for the
+    # caseload already enrolled (the day-0 caseload is, by definition, everyone present at day 0:
+    # the warm-up shapes their exacerbation state but removes nobody) and from enrolment otherwise.
+    t0 = np.maximum(citizens.enrol_day, 0.0)
+    age_at_t0 = citizens.age_years + (t0 - citizens.enrol_day) / DAYS_PER_YEAR
+    age_factor = xs.death_rate_ratio_per_year_of_age ** (age_at_t0 - 70)
     death_rate = xs.background_death_rate_per_year * age_factor / DAYS_PER_YEAR
     death_day = t0 + rng_exits.exponential(1, n) / np.maximum(death_rate, 1e-12)
     dropout_day = t0 + (rng_exits.exponential(1 / xs.dropout_rate_per_year * DAYS_PER_YEAR, n)
@@ -92,8 +97,6 @@ def simulate_exacerbations(citizens: Citizens, disease: Disease, start: dt.date,
     exit_day = np.minimum(death_day, dropout_day)
     reason = np.where(death_day <= dropout_day, EXIT_DEATH, EXIT_DROPOUT)
     p30 = xs.death_within_30d_of_admission_prob
-    admission_death_prob = np.where(citizens.age_years < 60, p30["under_60"],
-                                    np.where(citizens.age_years < 80, p30["60_to_79"], p30["80_plus"]))
 
     busy_until = np.full(n, -np.inf)  # in an exacerbation until this day
     cluster_until = np.full(n, -np.inf)
@@ -115,10 +118,12 @@ def simulate_exacerbations(citizens: Citizens, disease: Disease, start: dt.date,
         clustered = cluster_until[idx] > d
         busy_until[idx] = onset + recovery
         cluster_until[idx] = onset + recovery + ex.cluster_window_days
-        # Death within 30 days of a hospital admission (P13).
-        dies = severe & (rng_events.random(m) < admission_death_prob[idx])
+        # Death within 30 days of a hospital admission (P13), by age at the admission.
+        age = citizens.age_years[idx] + np.maximum(onset - citizens.enrol_day[idx], 0) / DAYS_PER_YEAR
+        p_death = np.where(age < 60, p30["under_60"], np.where(age < 80, p30["60_to_79"], p30["80_plus"]))
+        dies = severe & (rng_events.random(m) < p_death)
         death = onset + rng_events.uniform(0, 30, m)
-        earlier = dies & (death < exit_day[idx])
+        earlier = dies & (death < exit_day[idx]) & (death >= 0)  # nobody of the day-0 caseload dies before day 0
         exit_day[idx[earlier]] = death[earlier]
         reason[idx[earlier]] = EXIT_DEATH
         chunks.append((idx, onset, recovery, severe, clustered))
@@ -134,8 +139,10 @@ def simulate_exacerbations(citizens: Citizens, disease: Disease, start: dt.date,
     sudden = rng_events.random(m) < ex.sudden_onset_share
     prodrome = np.where(sudden, ex.prodrome_days_sudden,
                         rng_events.uniform(ex.prodrome_days_gradual_min, ex.prodrome_days_gradual_max, m))
-    lead = np.where(sudden, 0.0, ex.symptom_lead_days_gradual)
+    lead = np.where(sudden, 0.0, rng_events.lognormal(np.log(max(ex.symptom_lead_days_gradual, 1e-9)),
+                                                      ex.symptom_lead_days_gradual_sigma, m))
+    admission = np.where(severe, rng_events.lognormal(np.log(ex.admission_days_median), ex.admission_days_sigma, m), 0.0)
     moderate_peak, severe_peak = draw_peaks(rng_events, ex.moderate, m), draw_peaks(rng_events, ex.severe, m)
     peak = {v: np.where(severe, severe_peak[v], moderate_peak[v]) for v in DELTA_VITALS}
-    episodes = Episodes(cit, onset, severe, sudden, prodrome, lead, recovery, clustered, peak)
+    episodes = Episodes(cit, onset, severe, sudden, prodrome, lead, recovery, admission, clustered, peak)
     return episodes, Exits(exit_day, reason)

@@ -112,9 +112,9 @@ def take_readings(citizens: Citizens, citizen: np.ndarray, t: np.ndarray, episod
                                 + rng.normal(0, devices.weight_noise_sd_kg, n), 1)
     values["sbp"] = np.round(base["sbp"][citizen] + dev["sbp"] + bias["sbp"][citizen]
                              + rng.normal(0, disease.sbp_mmhg.daily_sd, n) + rng.normal(0, devices.bp_noise_sd_mmhg, n))
-    values["dbp"] = np.round(base["dbp"][citizen] + 0.5 * dev["sbp"] + bias["dbp"][citizen]
-                             + rng.normal(0, disease.dbp_mmhg.daily_sd, n)
-                             + rng.normal(0, devices.bp_noise_sd_mmhg * 0.6, n))
+    values["dbp"] = np.round(base["dbp"][citizen] + disease.dbp_change_per_sbp_change * dev["sbp"]
+                             + bias["dbp"][citizen] + rng.normal(0, disease.dbp_mmhg.daily_sd, n)
+                             + rng.normal(0, devices.bp_noise_sd_mmhg * devices.dbp_error_per_sbp_error, n))
 
     # Not in the kit, or skipped this time (D8). Oximeter and cuff give two values from one skip.
     skip = regime.skip_prob_per_measurement

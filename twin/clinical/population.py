@@ -103,7 +103,15 @@ def sample_citizens(cohort: Cohort, disease: Disease, regime: Regime, rules: Rul
 
     # Home: a municipality by population; the sickest regional_share are followed by its region.
     n_mun = orgs.n_municipalities
-    weights = orgs.population[:n_mun] / orgs.population[:n_mun].sum()
+    weights = orgs.population[:n_mun].astype(float)
+    if cohort.regions:
+        weights = weights * np.isin(orgs.region[:n_mun], list(cohort.regions))
+    if cohort.municipalities:
+        weights = weights * np.isin(orgs.code[:n_mun], list(cohort.municipalities))
+    if weights.sum() == 0:
+        raise ValueError(f"cohort {cohort.name}: no municipality matches regions={cohort.regions} "
+                         f"municipalities={cohort.municipalities}")
+    weights = weights / weights.sum()
     municipality = rng.choice(n_mun, size=n, p=weights)
     org = municipality.copy()
     n_regional = int(round(cohort.regional_share * n))
@@ -133,14 +141,14 @@ def sample_citizens(cohort: Cohort, disease: Disease, regime: Regime, rules: Rul
     for name, vital in (("spo2", disease.spo2_pct), ("pulse", disease.pulse_bpm), ("weight", disease.weight_kg),
                         ("sbp", disease.sbp_mmhg), ("dbp", disease.dbp_mmhg)):
         baseline[name] = _baseline(rng, vital, n)
-    baseline["dbp"] = np.minimum(baseline["dbp"], baseline["sbp"] - 20)  # keep a pulse pressure
+    baseline["dbp"] = np.minimum(baseline["dbp"], baseline["sbp"] - disease.min_pulse_pressure_mmhg)
     cuff_bias = rng.normal(0, devices.bp_bias_sd_mmhg, n)
     device_bias = {
         "spo2": rng.normal(devices.spo2_bias_mean_pct, devices.spo2_bias_sd_pct, n),
         "pulse": rng.normal(0, devices.pulse_bias_sd_bpm, n),
         "weight": np.zeros(n),
         "sbp": cuff_bias,
-        "dbp": cuff_bias * 0.6,
+        "dbp": cuff_bias * devices.dbp_error_per_sbp_error,
     }
     thresholds = {}
     for name in MEASURED_VITALS:

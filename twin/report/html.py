@@ -142,12 +142,20 @@ def _in_brief(outcomes: pd.DataFrame | None, header: dict, teams: pd.DataFrame) 
         out.append(f"Together, {who} receive about {fmt_number(o['red_alerts_per_week'])} red and "
                    f"{fmt_number(o['yellow_alerts_per_week'])} yellow alerts a week.")
     if has("sensitivity", "red_ppv"):
-        out.append(f"{fmt(o['sensitivity'], True)} of exacerbations are preceded by an alert, and "
-                   f"{fmt(o['red_ppv'], True)} of red alerts are followed by an exacerbation (or come during one).")
+        s = f"{fmt(o['sensitivity'], True)} of exacerbations are preceded by an alert"
+        if has("flag_in_control_window"):
+            s += f" (a window of the same length 60 days earlier holds one {fmt(o['flag_in_control_window'], True)} of the time)"
+        s += f", and {fmt(o['red_ppv'], True)} of red alerts are followed by an exacerbation or come during one"
+        if has("red_ppv_new_onset"):
+            s += f"; {fmt(o['red_ppv_new_onset'], True)} announce a new one"
+        out.append(s + ".")
     if has("nurse_hours_per_week", "nurse_fte_needed"):
         s = (f"The work takes about {fmt_number(o['nurse_hours_per_week'])} nurse hours a week, "
              f"{fmt_number(o['nurse_fte_needed'])} full-time nurses")
-        if has("nurses_staffed", "utilisation"):
+        if has("fte_staffed", "utilisation"):
+            s += (f", of the {fmt_number(o['fte_staffed'])} full-time equivalents staffed "
+                  f"({fmt(o['utilisation'], True)} of their hours)")
+        elif has("nurses_staffed", "utilisation"):
             s += (f", of the {fmt_number(o['nurses_staffed'])} staffed ({fmt(o['utilisation'], True)} of their"
                   " hours)")
         out.append(s + ".")
@@ -167,7 +175,7 @@ def _team_rows(t: pd.DataFrame) -> tuple[list[str], list[dict]]:
     if t.empty:
         return [], []
     spec = [("name", "Team", str), ("region", "Region", str), ("caseload_at_start", "Citizens at start", fmt_number),
-            ("nurses", "Nurses", fmt_number), ("red_alerts_per_week", "Red alerts per week", fmt_number),
+            ("fte", "Nurse FTE", fmt), ("red_alerts_per_week", "Red alerts per week", fmt_number),
             ("yellow_alerts_per_week", "Yellow alerts per week", fmt_number),
             ("nurse_hours_per_week", "Nurse hours per week", fmt_number),
             ("utilisation", "Utilisation (% of staffed hours)", lambda v: fmt(v, True)),

@@ -53,10 +53,17 @@ def key_metrics(windows: dict | None = None, targets: dict | None = None, fte_ho
                f"Share of exacerbations preceded by a yellow or red alert in the {before} days before onset "
                f"up to {after} day after.", share=True),
         Metric("sensitivity_severe", "Hospitalised exacerbations caught early", "% of admissions",
-               "The same, counting only exacerbations that led to hospital admission.", share=True),
+               "The same, counting only exacerbations that led to hospital admission (admitted citizens do "
+               "not measure at home, so only the prodrome can raise the alert).", share=True),
+        Metric("flag_in_control_window", "An alert in a window of that length by chance", "% of windows",
+               "The same window 60 days earlier in the same citizens: how often an alert falls in it anyway. "
+               "Sensitivity means little unless it is well above this.", share=True),
         Metric("red_ppv", "Red alerts followed by an exacerbation (PPV)", "% of red alerts",
                f"Share of red alerts where an exacerbation starts within {ppv_days} days or is already under way.",
                share=True),
+        Metric("red_ppv_new_onset", "Red alerts announcing a new exacerbation", "% of red alerts",
+               f"Share of red alerts followed by the onset of an exacerbation within {ppv_days} days (not one "
+               "already under way).", share=True),
         Metric("exacerbations_per_patient_year", "Exacerbations", "per patient-year",
                "Treated exacerbations (moderate and severe) starting during the year, per year of follow-up."),
         Metric("admissions_per_patient_year", "Hospital admissions for exacerbation", "per patient-year",
@@ -66,8 +73,11 @@ def key_metrics(windows: dict | None = None, targets: dict | None = None, fte_ho
                "green data, all teams."),
         Metric("nurse_fte_needed", "Nurses needed", f"full-time equivalents ({fmt_number(fte_hours_per_week)} h/week)",
                f"Nurse hours per week divided by a {fmt_number(fte_hours_per_week)}-hour working week."),
-        Metric("nurses_staffed", "Nurses staffed", "nurses",
-               "Telemedicine nurses across the care teams in this scenario."),
+        Metric("fte_staffed", "Nurses staffed", "full-time equivalents",
+               "Telemedicine staffing across the care teams (a small team's nurse may be on telemedicine "
+               "duty only part of each day)."),
+        Metric("nurses_staffed", "Nurses with telemedicine duty", "people",
+               "Head count: whole-time nurses plus each team's part-timer."),
         Metric("utilisation", "Nurse utilisation", "% of staffed hours",
                "Share of the staffed weekday shift hours spent on telemonitoring work.", share=True),
         Metric("response_h_median_red", "Red alerts: median response time", "hours",
@@ -95,6 +105,9 @@ SHORT_LABELS: dict[str, str] = {
     "sensitivity": "sensitivity (%)",
     "sensitivity_severe": "sensitivity, admissions (%)",
     "red_ppv": "red-alert PPV (%)",
+    "red_ppv_new_onset": "red alert before a new onset (%)",
+    "flag_in_control_window": "alert in a control window (%)",
+    "fte_staffed": "nurse FTE staffed",
     "exacerbations_per_patient_year": "exacerbations / patient-year",
     "admissions_per_patient_year": "admissions / patient-year",
     "nurse_hours_per_week": "nurse hours / week",

@@ -122,7 +122,7 @@ def team_summary(tables: dict[str, pd.DataFrame], days: float | None = None) -> 
         parts.append(agg)
     if "teams" in tables:
         t = tables["teams"].set_index("team_id")
-        parts.insert(0, t[[c for c in ("name", "region", "org_kind", "caseload_at_start", "nurses") if c in t]])
+        parts.insert(0, t[[c for c in ("name", "region", "org_kind", "caseload_at_start", "nurses", "fte") if c in t]])
     if not parts:
         return pd.DataFrame()
     out = pd.concat(parts, axis=1).reset_index().rename(columns={"index": "team_id"})

@@ -10,8 +10,10 @@ Individualising a range, per side:
 
 * **widen** so the patient's own baseline sits at least ``widen`` inside it — a citizen whose SpO2
   is 89 % every day should not raise a yellow alarm every day;
-* **tighten** so a change of ``tighten`` from the baseline always flags — "SpO2 ≥ 4 below
-  baseline" is red even when 4 below is still above the national cut-off (T12).
+* **tighten** so a change of ``tighten_below`` / ``tighten_above`` from the baseline always
+  flags — "SpO2 ≥ 4 below baseline" is red even when 4 below is still above the national cut-off,
+  "pulse 15 over baseline" is yellow even below 100 (T12). Tightening is per side: a rise in SpO2
+  or a fall in pulse is not a warning sign, so those sides keep the national limit.
 
 Bounds are inclusive (a value equal to a bound is inside), as FHIR ``referenceRange`` low/high.
 """
@@ -48,11 +50,14 @@ class StandardThreshold:
     ranges: ReferenceRanges
     yellow_widen: float = 0.0
     red_widen: float = 0.0
-    yellow_tighten: float = math.inf
-    red_tighten: float = math.inf
+    yellow_tighten_below: float = math.inf
+    yellow_tighten_above: float = math.inf
+    red_tighten_below: float = math.inf
+    red_tighten_above: float = math.inf
 
     def __post_init__(self) -> None:
-        if self.yellow_widen > self.yellow_tighten or self.red_widen > self.red_tighten:
+        if (self.yellow_widen > min(self.yellow_tighten_below, self.yellow_tighten_above)
+                or self.red_widen > min(self.red_tighten_below, self.red_tighten_above)):
             raise ValueError("widen must not exceed tighten, or the baseline itself would raise an alarm")
 
 
@@ -66,10 +71,10 @@ def individualise_arrays(standard: StandardThreshold, baseline: np.ndarray) -> d
     """Vectorised :func:`individualise`: one entry per patient, keys as ReferenceRanges' fields."""
     r = standard.ranges
     b = np.asarray(baseline, dtype=float)
-    yellow_low = np.maximum(np.minimum(r.yellow_low, b - standard.yellow_widen), b - standard.yellow_tighten)
-    yellow_high = np.minimum(np.maximum(r.yellow_high, b + standard.yellow_widen), b + standard.yellow_tighten)
-    red_low = np.maximum(np.minimum(r.red_low, b - standard.red_widen), b - standard.red_tighten)
-    red_high = np.minimum(np.maximum(r.red_high, b + standard.red_widen), b + standard.red_tighten)
+    yellow_low = np.maximum(np.minimum(r.yellow_low, b - standard.yellow_widen), b - standard.yellow_tighten_below)
+    yellow_high = np.minimum(np.maximum(r.yellow_high, b + standard.yellow_widen), b + standard.yellow_tighten_above)
+    red_low = np.maximum(np.minimum(r.red_low, b - standard.red_widen), b - standard.red_tighten_below)
+    red_high = np.minimum(np.maximum(r.red_high, b + standard.red_widen), b + standard.red_tighten_above)
     # Keep the ranges nested (red outside yellow) whatever the tightening did.
     red_low = np.minimum(red_low, yellow_low)
     red_high = np.maximum(red_high, yellow_high)
