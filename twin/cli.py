@@ -58,7 +58,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         scenario = scenario.with_seed(args.seed)
     name = Path(args.scenario).stem if Path(args.scenario).name != "scenario.toml" else scenario.run.name
     out_final = Path(args.out) if args.out else Path("results") / name
-    seeds = replication_seeds(scenario, args.replications)
+    replications = args.replications or scenario.run.replications
+    seeds = replication_seeds(scenario, replications)
     started = time.perf_counter()
     with atomic_directory(out_final) as out:
         bar = _progress(len(MODEL_STEPS) + 2, f"{name}: simulating", args.quiet)
@@ -68,12 +69,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         write_run_tables(result, figures, out)
         bar.update(1)
         info = {"scenario": name, "source": str(args.scenario), "seed": scenario.run.seed, "seeds": seeds,
-                "replications": args.replications, "citizens": int(len(result.citizens)),
+                "replications": replications, "citizens": int(len(result.citizens)),
                 "sessions": int(len(result.sessions)), "timings_s": result.timings_s,
                 "run_at": dt.datetime.now().isoformat(timespec="seconds"), "versions": _versions()}
-        if args.replications > 1:
-            bar.set_description(f"{name}: {args.replications - 1} more replications")
-            rep_bar = _progress(args.replications - 1, f"{name}: replications", args.quiet)
+        if replications > 1:
+            bar.set_description(f"{name}: {replications - 1} more replications")
+            rep_bar = _progress(replications - 1, f"{name}: replications", args.quiet)
             others = run_replications(scenario, seeds[1:], args.workers, on_done=lambda: rep_bar.update(1))
             rep_bar.close()
             first = [{"replication": 0, "seed": seeds[0], "metric": k, "value": v} for k, v in figures.items()]
@@ -193,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="simulate a scenario and write results/<scenario>/ with report.html")
     r.add_argument("scenario", help="scenario file, e.g. scenarios/kol-10k.toml")
-    r.add_argument("--replications", type=_positive_int, default=1, help="independent seeds (95%% intervals if > 1)")
+    r.add_argument("--replications", type=_positive_int, default=None,
+                   help="independent seeds, 95%% intervals if > 1 (default: the scenario's run.replications)")
     r.add_argument("--seed", type=int, help="override the scenario's seed")
     r.add_argument("--workers", type=_positive_int, default=None, help="parallel processes (default: cores)")
     r.add_argument("--out", help="results directory (default results/<scenario file name>)")

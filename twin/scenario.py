@@ -44,6 +44,7 @@ class Run:
     seed: int = field(lo=0, hi=2**63 - 1)
     start_date: str
     duration_days: int = field(lo=1, hi=3660)
+    replications: int = field(lo=1, hi=1000, default=1)  # independent seeds; > 1 gives 95 % intervals
     description: str = ""
 
     def validate(self) -> None:
@@ -68,6 +69,18 @@ class Cohort:
     regional_share: float = field(lo=0, hi=1)  # sickest share followed by a region (hospital) team
     regions: tuple[str, ...] = field(default=())  # live only in these regions (empty: all of Denmark)
     municipalities: tuple[int, ...] = field(default=())  # live only in these municipality codes (empty: all)
+
+    def validate(self) -> None:
+        from twin.organisations import REGION_CODES, load_organisations
+
+        unknown = sorted(set(self.regions) - set(REGION_CODES))
+        if unknown:
+            raise ScenarioError(f"regions: unknown {unknown}; the regions are {', '.join(REGION_CODES)}")
+        known = set(load_organisations().code[:98].tolist())
+        unknown_codes = sorted(set(self.municipalities) - known)
+        if unknown_codes:
+            raise ScenarioError(f"municipalities: unknown code(s) {unknown_codes}; use the 3-digit codes of "
+                                "twin/data/municipalities.csv, e.g. 851 for Aalborg")
 
 
 # ------------------------------------------------------------------------------------- disease

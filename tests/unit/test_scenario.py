@@ -73,6 +73,12 @@ BAD = [
                    "citizens": 10, "enrolments_per_year": 0.0, "regional_share": 0.1}]},
      "cohorts[0].disease: 'asthma' is not defined"),
     ({"cohorts": []}, "cohorts: at least one cohort is needed"),
+    ({"cohorts": [{"name": "x", "disease": "copd", "regime": "copd-standard", "rules": "copd-national",
+                   "citizens": 10, "enrolments_per_year": 0.0, "regional_share": 0.1, "municipalities": [999]}]},
+     "municipalities: unknown code(s) [999]"),
+    ({"cohorts": [{"name": "x", "disease": "copd", "regime": "copd-standard", "rules": "copd-national",
+                   "citizens": 10, "enrolments_per_year": 0.0, "regional_share": 0.1, "regions": ["Jylland"]}]},
+     "regions: unknown ['Jylland']"),
     ({"uploads": {"retry_prob": float("nan")}}, "uploads.retry_prob: NaN is not allowed"),
 ]
 
