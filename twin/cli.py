@@ -160,6 +160,9 @@ def cmd_whatif(args: argparse.Namespace) -> int:
         raise ScenarioError(f"--values {args.values!r}: expected numbers separated by commas") from None
     for v in values:
         replace_path(scenario, args.parameter, v)  # validate every value before running anything
+    if not any(v == current for v in values):
+        values.append(current)  # the current value is the baseline of the paired differences
+    values.sort()
     name = Path(args.scenario).stem
     out_final = Path(args.out) if args.out else Path("results") / f"whatif-{name}-{args.parameter.split('.')[-1]}"
     bar = _progress(len(values) * args.replications, f"what-if {args.parameter}", args.quiet)

@@ -99,7 +99,8 @@ def test_whatif_sweeps_a_threshold(tmp_path):
     assert list(sweep.columns) == ["value", "replication", "seed", "metric", "metric_value"]
     alerts = sweep[sweep["metric"] == "yellow_alerts_per_week"].groupby("value")["metric_value"].mean()
     assert alerts.loc[2.0] >= alerts.loc[3.0]
-    assert (out / "report.html").exists()
+    assert sorted(sweep["value"].unique()) == [2.0, 2.5, 3.0]  # the current value joins as the baseline
+    assert "paired by seed" in (out / "report.html").read_text(encoding="utf-8")
 
 
 def test_whatif_rejects_unknown_parameter(tmp_path, capsys):

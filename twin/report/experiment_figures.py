@@ -23,20 +23,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from twin.report.figures import BLUE, DPI, GREY, RED  # noqa: E402
+from twin.report.figures import BLUE, GREY, RED, _save  # noqa: E402
 from twin.report.metrics import SHORT_LABELS, fmt, fmt_interval, is_share, mean_ci  # noqa: E402
 
 WHATIF_METRICS = ("red_alerts_per_week", "yellow_alerts_per_week", "alerts_per_week", "sensitivity", "red_ppv",
                   "nurse_hours_per_week")
 
-
-def _save(fig: plt.Figure, out_dir: Path, name: str) -> Path:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.png"
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 # ------------------------------------------------------------------------------------ comparison
@@ -125,6 +117,37 @@ def whatif_table(summary: pd.DataFrame) -> list[dict]:
                                      "ci": fmt_interval(r["ci_lo"], r["ci_hi"], is_share(m))})
             else:
                 row["cells"].append({"mean": "–", "ci": ""})
+        out.append(row)
+    return out
+
+
+def whatif_paired_table(sweep: pd.DataFrame, baseline_value: float) -> list[dict]:
+    """Rows for the HTML table: each value's difference from the baseline value, paired by seed.
+
+    Every value ran on the same seeds (common random numbers), so the per-seed difference cancels
+    the noise the values share; its interval is far narrower than the intervals of the means."""
+    wide = sweep.pivot_table(index=["seed", "value"], columns="metric", values="metric_value", aggfunc="first")
+    if {"red_alerts_per_week", "yellow_alerts_per_week"} <= set(wide.columns):
+        wide["alerts_per_week"] = wide["red_alerts_per_week"] + wide["yellow_alerts_per_week"]
+    values = sorted(wide.index.get_level_values("value").unique())
+    if not any(np.isclose(v, baseline_value) for v in values):
+        return []
+    base = wide.xs(next(v for v in values if np.isclose(v, baseline_value)), level="value")
+    out = []
+    for value in values:
+        if np.isclose(value, baseline_value):
+            continue
+        diff = wide.xs(value, level="value") - base
+        row = {"value": f"{value:g}", "cells": []}
+        for m in WHATIF_METRICS:
+            if m in diff:
+                mean, lo, hi = mean_ci(diff[m].to_numpy())
+                share = is_share(m)
+                significant = bool(np.isfinite(lo) and (lo > 0 or hi < 0))
+                row["cells"].append({"mean": ("+" if mean > 0 else "") + fmt(mean, share),
+                                     "ci": fmt_interval(lo, hi, share), "significant": significant})
+            else:
+                row["cells"].append({"mean": "–", "ci": "", "significant": False})
         out.append(row)
     return out
 

@@ -24,6 +24,7 @@ from twin.report.experiment_figures import (
     WHATIF_METRICS,
     forest_plot,
     relative_differences,
+    whatif_paired_table,
     whatif_summary,
     whatif_table,
     whatif_tradeoff,
@@ -340,7 +341,10 @@ def build_whatif_report(out_dir: Path) -> Path:
                            "intervals over replications in both directions. Moving right means catching more "
                            "exacerbations; moving up means more work for the teams."}]
     replications = meta.get("replications") or (int(summary["replications"].max()) if len(summary) else None)
+    baseline = meta.get("baseline_value")
+    paired = whatif_paired_table(read_sweep(out_dir / "sweep.csv"), float(baseline)) if baseline is not None else []
     return _write(out_dir / "report.html", "whatif.html", scenario=meta.get("scenario", out_dir.name),
                   parameter=parameter, replications=replications, seeds=_seeds_text(meta.get("seeds")),
                   columns=[SHORT_LABELS.get(m, m) for m in WHATIF_METRICS], rows=whatif_table(summary),
+                  paired=paired, baseline_value=baseline,
                   figures=figures, model_link=_model_link(out_dir), model_doc=MODEL_DOC, defaults_file=DEFAULTS_FILE)
