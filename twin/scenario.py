@@ -73,6 +73,9 @@ class Cohort:
     def validate(self) -> None:
         from twin.organisations import REGION_CODES, load_organisations
 
+        if self.citizens == 0 and self.enrolments_per_year == 0:
+            raise ScenarioError("citizens and enrolments_per_year are both 0: the cohort would be empty")
+
         unknown = sorted(set(self.regions) - set(REGION_CODES))
         if unknown:
             raise ScenarioError(f"regions: unknown {unknown}; the regions are {', '.join(REGION_CODES)}")
