@@ -4,6 +4,8 @@
     twin compare A.toml B.toml [--replications N]           paired differences (common random numbers)
     twin whatif SCENARIO --parameter P --values v1,v2,…     one rule parameter swept
     twin validate SCENARIO…                                 check scenario files, write nothing
+    twin serve [--database URL] [--workers N]               the FHIR API (issue 3)
+    twin seed SCENARIO [--database URL]                     load a scenario's population into it
 """
 
 from __future__ import annotations
@@ -191,6 +193,34 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from twin.server.settings import Settings
+
+    settings = Settings.from_env(database=args.database, host=args.host, port=args.port, workers=args.workers,
+                                 base_url=args.base_url)
+    os.environ.update(settings.to_env())  # worker processes rebuild the same settings (and signing secret)
+    print(f"twin serve: {settings.base_url} on {settings.database.split('://')[0]}, {settings.workers} worker(s)",
+          file=sys.stderr)
+    uvicorn.run("twin.server.asgi:app", host=settings.host, port=settings.port, workers=settings.workers,
+                log_level=args.log_level, access_log=False, lifespan="on")
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from twin.seed import seed
+    from twin.server.settings import Settings
+
+    scenario = load_scenario(args.scenario)
+    settings = Settings.from_env(database=args.database, base_url=args.base_url)
+    summary = seed(scenario, settings.database, settings.base_url)
+    print(f"seeded {settings.database}: {summary.citizens} citizens, {summary.care_teams} care teams, "
+          f"{summary.practitioners} practitioners, {summary.organizations} organisations, {summary.resources} resources, "
+          f"{summary.accounts} accounts in {summary.wall_s} s (password for every seeded account: twin)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="twin", description="The FUT twin: COPD telemonitoring digital twin.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -225,6 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out")
     w.add_argument("--quiet", action="store_true")
     w.set_defaults(func=cmd_whatif)
+
+    sv = sub.add_parser("serve", help="start the FHIR API (default SQLite file, 127.0.0.1:8080)")
+    sv.add_argument("--database", help="sqlite:///file.db or postgresql://user@host:port/db (env TWIN_DATABASE)")
+    sv.add_argument("--host", help="listen address (env TWIN_HOST, default 127.0.0.1)")
+    sv.add_argument("--port", type=int, help="listen port (env TWIN_PORT, default 8080)")
+    sv.add_argument("--workers", type=_positive_int, help="worker processes (env TWIN_WORKERS, default 1)")
+    sv.add_argument("--base-url", help="public base URL used in references (env TWIN_BASE_URL)")
+    sv.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
+    sv.set_defaults(func=cmd_serve)
+
+    sd = sub.add_parser("seed", help="load a scenario's population into the API's database")
+    sd.add_argument("scenario")
+    sd.add_argument("--database", help="as for serve (env TWIN_DATABASE, default sqlite:///twin.db)")
+    sd.add_argument("--base-url", help="the base URL the service will run at (env TWIN_BASE_URL)")
+    sd.set_defaults(func=cmd_seed)
 
     v = sub.add_parser("validate", help="check scenario files without running them")
     v.add_argument("scenarios", nargs="+")

@@ -1,0 +1,311 @@
+"""Storage of FHIR resources on SQLite or PostgreSQL, behind one small async interface.
+
+One ``resources`` table holds every resource as JSON, with the columns the service needs to find
+and guard it: the access-control compartments (patient, episode of care, care team, organisation)
+and a few search columns (status, code, effective time, priority, an idempotency identifier).
+HAPI-based FUT servers index resources the same way, only with more index tables.
+
+Beside it: ``outbox`` (work the service owes after answering — triage of a submission — written in
+the same transaction as the data, so it survives a crash), ``audit`` (one compact row per patient
+touched per request, turned into AuditEvents when read), ``accounts`` and ``memberships`` (who may
+log in, and which care teams a practitioner may act for).
+
+SQLite runs in-process with the stdlib driver, WAL journal and ``synchronous=NORMAL``: a committed
+transaction survives a crash of the process. Its calls are synchronous and short, so they run on
+the event loop itself; an ``asyncio.Lock`` keeps one transaction at a time per process, and SQLite
+serialises writers across worker processes. PostgreSQL uses an ``asyncpg`` pool. Schema creation
+is idempotent (``CREATE … IF NOT EXISTS``), safe to run at every start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import astuple, dataclass, fields
+from typing import Any
+
+COLUMNS = ("type", "id", "version", "last_updated", "patient", "episode", "team", "org", "status", "code",
+           "effective", "priority", "ident", "body")
+
+
+@dataclass
+class Row:
+    """One stored resource; ``body`` is its JSON text."""
+
+    type: str
+    id: str
+    version: int
+    last_updated: str
+    patient: str | None
+    episode: str | None
+    team: str | None
+    org: str | None
+    status: str | None
+    code: str | None
+    effective: str | None
+    priority: int | None
+    ident: str | None
+    body: str
+
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS resources (
+        type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, last_updated TEXT NOT NULL,
+        patient TEXT, episode TEXT, team TEXT, org TEXT,
+        status TEXT, code TEXT, effective TEXT, priority INTEGER, ident TEXT,
+        body TEXT NOT NULL,
+        PRIMARY KEY (type, id))""",
+    "CREATE INDEX IF NOT EXISTS resources_patient ON resources (type, patient, effective)",
+    "CREATE INDEX IF NOT EXISTS resources_episode ON resources (type, episode, effective)",
+    "CREATE INDEX IF NOT EXISTS resources_team ON resources (type, team, status, priority)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS resources_ident ON resources (type, ident)",
+    """CREATE TABLE IF NOT EXISTS outbox (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, payload TEXT NOT NULL, created TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS audit (
+        at TEXT NOT NULL, trace_id TEXT NOT NULL, user_type TEXT NOT NULL, user_id TEXT NOT NULL,
+        org TEXT, action TEXT NOT NULL, subtype TEXT, patient TEXT, resource_type TEXT, resource_id TEXT,
+        query TEXT)""",
+    "CREATE INDEX IF NOT EXISTS audit_patient ON audit (patient, at)",
+    """CREATE TABLE IF NOT EXISTS accounts (
+        username TEXT PRIMARY KEY, realm TEXT NOT NULL, user_type TEXT NOT NULL, user_id TEXT NOT NULL,
+        roles TEXT NOT NULL, password_hash TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS memberships (
+        practitioner TEXT NOT NULL, care_team TEXT NOT NULL, org TEXT NOT NULL, role TEXT NOT NULL,
+        PRIMARY KEY (practitioner, care_team, role))""",
+]
+
+AUDIT_COLUMNS = ("at", "trace_id", "user_type", "user_id", "org", "action", "subtype", "patient", "resource_type",
+                 "resource_id", "query")
+ALLOWED_FILTER_COLUMNS = set(COLUMNS) - {"body"}
+
+
+@dataclass(frozen=True)
+class Filter:
+    """``column op value``; op is one of = != < <= > >= in."""
+
+    column: str
+    op: str
+    value: Any
+
+    def __post_init__(self) -> None:
+        if self.column not in ALLOWED_FILTER_COLUMNS or self.op not in ("=", "!=", "<", "<=", ">", ">=", "in"):
+            raise ValueError(f"bad filter {self.column} {self.op}")  # programming error: columns are never user text
+
+
+def _where(type_: str, filters: Sequence[Filter]) -> tuple[str, list]:
+    sql, params = ["type = ?"], [type_]
+    for f in filters:
+        if f.op == "in":
+            values = list(f.value)
+            if not values:
+                sql.append("1 = 0")
+                continue
+            sql.append(f"{f.column} IN ({', '.join('?' for _ in values)})")
+            params += values
+        else:
+            sql.append(f"{f.column} {f.op} ?")
+            params.append(f.value)
+    return " AND ".join(sql), params
+
+
+class Tx:
+    """Operations inside one transaction (subclasses bind them to a driver)."""
+
+    async def _execute(self, sql: str, params: Sequence = ()) -> None:
+        raise NotImplementedError
+
+    async def _fetch(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        raise NotImplementedError
+
+    async def insert(self, rows: Sequence[Row]) -> None:
+        for row in rows:
+            await self._execute(f"INSERT INTO resources ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                                astuple(row))
+
+    async def update(self, row: Row) -> None:
+        """Store a new version (``row.version`` is the new one, the stored one must be one less)."""
+        cols = [c for c in COLUMNS if c not in ("type", "id")]
+        await self._execute(f"UPDATE resources SET {', '.join(f'{c} = ?' for c in cols)} "
+                            "WHERE type = ? AND id = ? AND version = ?",
+                            [getattr(row, c) for c in cols] + [row.type, row.id, row.version - 1])
+
+    async def get(self, type_: str, id_: str) -> Row | None:
+        rows = await self._fetch(f"SELECT {', '.join(COLUMNS)} FROM resources WHERE type = ? AND id = ?", (type_, id_))
+        return Row(*rows[0]) if rows else None
+
+    async def get_by_ident(self, type_: str, idents: Sequence[str]) -> list[Row]:
+        return await self.search(type_, [Filter("ident", "in", list(idents))], limit=len(idents) + 1)
+
+    async def search(self, type_: str, filters: Sequence[Filter] = (), order: Sequence[tuple[str, bool]] = (),
+                     limit: int = 50, offset: int = 0) -> list[Row]:
+        where, params = _where(type_, filters)
+        order_sql = ", ".join(f"{c} {'DESC' if desc else 'ASC'}" for c, desc in order if c in ALLOWED_FILTER_COLUMNS)
+        sql = (f"SELECT {', '.join(COLUMNS)} FROM resources WHERE {where}"
+               + (f" ORDER BY {order_sql}" if order_sql else "") + " LIMIT ? OFFSET ?")
+        return [Row(*r) for r in await self._fetch(sql, [*params, int(limit), int(offset)])]
+
+    async def count(self, type_: str, filters: Sequence[Filter] = ()) -> int:
+        where, params = _where(type_, filters)
+        return int((await self._fetch(f"SELECT COUNT(*) FROM resources WHERE {where}", params))[0][0])
+
+    async def outbox_put(self, id_: str, kind: str, payload: str, created: str) -> None:
+        await self._execute("INSERT INTO outbox (id, kind, payload, created) VALUES (?, ?, ?, ?)",
+                            (id_, kind, payload, created))
+
+    async def outbox_pending(self, kind: str, limit: int) -> list[tuple[str, str]]:
+        return [(r[0], r[1]) for r in await self._fetch(
+            "SELECT id, payload FROM outbox WHERE kind = ? ORDER BY created LIMIT ?", (kind, limit))]
+
+    async def outbox_done(self, id_: str) -> bool:
+        """Delete the item; False if another worker got there first."""
+        rows = await self._fetch("DELETE FROM outbox WHERE id = ? RETURNING id", (id_,))
+        return bool(rows)
+
+    async def audit(self, rows: Sequence[tuple]) -> None:
+        for r in rows:
+            await self._execute(f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)}) VALUES "
+                                f"({', '.join('?' * len(AUDIT_COLUMNS))})", r)
+
+    async def fetch(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        """Raw query for the few places that need one (accounts, memberships, audit reads)."""
+        return await self._fetch(sql, params)
+
+    async def execute(self, sql: str, params: Sequence = ()) -> None:
+        await self._execute(sql, params)
+
+
+class Storage:
+    """A database the service stores into; ``Storage.connect(url)`` picks the driver."""
+
+    url: str
+
+    @staticmethod
+    def connect(url: str) -> Storage:
+        if url.startswith(("postgresql://", "postgres://")):
+            return PostgresStorage(url)
+        if url.startswith("sqlite:///"):
+            return SqliteStorage(url.removeprefix("sqlite:///"))
+        raise ValueError(f"database URL {url!r}: use sqlite:///path/to/file.db or postgresql://user@host:port/db")
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Tx]:
+        raise NotImplementedError
+
+    async def migrate(self) -> None:
+        async with self.transaction() as tx:
+            for statement in SCHEMA:
+                await tx.execute(statement)
+
+
+# ---------------------------------------------------------------------------------------- SQLite
+class _SqliteTx(Tx):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    async def _execute(self, sql: str, params: Sequence = ()) -> None:
+        self.conn.execute(sql, tuple(params))
+
+    async def _fetch(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        return self.conn.execute(sql, tuple(params)).fetchall()
+
+    async def insert(self, rows: Sequence[Row]) -> None:  # one executemany: the hot path of a submission
+        self.conn.executemany(f"INSERT INTO resources ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                              [astuple(r) for r in rows])
+
+
+class SqliteStorage(Storage):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self.conn: sqlite3.Connection | None = None
+        self.lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves. Autocommit reads see committed data.
+        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash; fsync at checkpoints
+        self.conn.execute("PRAGMA busy_timeout=30000")
+        self.conn.execute("PRAGMA foreign_keys=OFF")
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        assert self.conn is not None, "storage not open"
+        async with self.lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SqliteTx(self.conn)
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+
+# ------------------------------------------------------------------------------------ PostgreSQL
+_PLACEHOLDER = re.compile(r"\?")
+
+
+def _pg(sql: str) -> str:
+    counter = iter(range(1, 10_000))
+    return _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", sql)
+
+
+class _PgTx(Tx):
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    async def _execute(self, sql: str, params: Sequence = ()) -> None:
+        await self.conn.execute(_pg(sql), *params)
+
+    async def _fetch(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        return [tuple(r) for r in await self.conn.fetch(_pg(sql), *params)]
+
+    async def insert(self, rows: Sequence[Row]) -> None:
+        await self.conn.executemany(_pg(f"INSERT INTO resources ({', '.join(COLUMNS)}) VALUES "
+                                        f"({', '.join('?' * len(COLUMNS))})"), [astuple(r) for r in rows])
+
+
+class PostgresStorage(Storage):
+    def __init__(self, url: str, pool_size: int = 8) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self.pool = None
+
+    async def open(self) -> None:
+        import asyncpg
+
+        self.pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size)
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        assert self.pool is not None, "storage not open"
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield _PgTx(conn)
+
+    async def migrate(self) -> None:
+        # Serialise concurrent migrations of several workers with an advisory lock.
+        async with self.transaction() as tx:
+            await tx.execute("SELECT pg_advisory_xact_lock(20261126)")
+            for statement in SCHEMA:
+                await tx.execute(statement)
+
+
+ROW_FIELDS = tuple(f.name for f in fields(Row))

@@ -1,0 +1,246 @@
+"""``$submit-measurement``: validate a citizen's whole submission, then store it in one transaction.
+
+A submission is a ``Parameters`` resource whose ``measurement`` parameter is a ``transaction``
+Bundle of Observations and a QuestionnaireResponse (reference/fut-infrastructure.md §4). Everything
+is checked before anything is written: the bundle's shape, every resource's profile essentials,
+that all resources are for the same patient and episode of care — the ones in the token — that
+each Observation is based on an active ServiceRequest of that episode with the same code, and that
+values, units and times are possible. Then, in one database transaction: the resources (server ids,
+references rewritten from ``urn:uuid:`` to absolute URLs), the implicit Provenance linking them, the
+outbox row that makes the triage happen, and the audit row.
+
+Resubmitting the same submission (same entry identifiers, e.g. a retry after a lost answer) stores
+nothing new: the answer says it already exists and gives the original locations.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from dataclasses import dataclass, field
+
+from twin.rules import MEASUREMENTS
+from twin.server.errors import FhirError, bad_request, unprocessable
+from twin.server.storage import Row, Tx
+
+MAX_ENTRIES = 100  # FUT transaction limit (fut-examples/transaction.md)
+ALLOWED_TYPES = {"Observation", "QuestionnaireResponse"}
+EPISODE_EXT = "http://hl7.org/fhir/StructureDefinition/workflow-episodeOfCare"
+# Physically possible home readings; outside them a reading is a device or typing error, not a patient.
+POSSIBLE = {"spo2": (50.0, 100.0), "pulse": (20.0, 300.0), "weight": (1.0, 500.0), "sbp": (40.0, 300.0),
+            "dbp": (20.0, 200.0)}
+BY_CODE = {(m.system, m.code): m for m in MEASUREMENTS.values()}
+MAX_FUTURE = dt.timedelta(hours=1)  # clock skew of a citizen's tablet
+CODE = "MEASUREMENT_SUBMITMEASUREMENT_"
+
+
+@dataclass
+class Plan:
+    """A validated submission, ready to store."""
+
+    patient_id: str
+    episode_id: str
+    team_id: str | None
+    org_id: str | None
+    entries: list[dict]  # the bundle entries, resources as submitted
+    idents: list[str]
+    service_requests: dict[str, Row] = field(default_factory=dict)
+
+
+def _ref_id(refs, reference: str | None, expected_type: str, what: str) -> str:
+    if not reference:
+        raise bad_request(f"{CODE}INPUT_SHOULD_REFERENCE_{expected_type.upper()}", f"{what} has no {expected_type} reference")
+    try:
+        type_, id_ = refs.parse(reference)
+    except ValueError:
+        raise bad_request("REQUEST_INVALID_REFERENCE", f"{what}: {reference!r} is not a reference to a {expected_type}") from None
+    if type_ != expected_type:
+        raise bad_request("REQUEST_INVALID_REFERENCE", f"{what}: {reference!r} must reference a {expected_type}")
+    return id_
+
+
+def _episode_ref(resource: dict) -> str | None:
+    for ext in resource.get("extension") or []:
+        if isinstance(ext, dict) and ext.get("url") == EPISODE_EXT:
+            return (ext.get("valueReference") or {}).get("reference")
+    return None
+
+
+def _parse_time(value, what: str) -> dt.datetime:
+    if not isinstance(value, str):
+        raise bad_request("REQUEST_INVALID_DATETIME", f"{what}: a dateTime is required")
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad_request("REQUEST_INVALID_DATETIME", f"{what}: {value!r} is not a FHIR dateTime") from None
+    if t.tzinfo is None:
+        raise bad_request("REQUEST_INVALID_DATETIME", f"{what}: {value!r} needs a time zone")
+    if t > dt.datetime.now(dt.UTC) + MAX_FUTURE:
+        raise unprocessable(f"{CODE}EFFECTIVE_IN_FUTURE", f"{what}: {value} lies in the future")
+    return t
+
+
+def parse_submission(body: object, refs) -> tuple[list[dict], list[str]]:
+    """Shape checks that need no database: returns the entries and their identifiers."""
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise bad_request("REQUEST_WRONG_RESOURCE_TYPE", "$submit-measurement expects a Parameters resource")
+    params = [p for p in body.get("parameter") or [] if isinstance(p, dict) and p.get("name") == "measurement"]
+    if len(params) != 1:
+        raise bad_request(f"{CODE}MISSING_MEASUREMENT_PARAMETER", "Parameters needs exactly one 'measurement' parameter")
+    bundle = params[0].get("resource")
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
+        raise bad_request(f"{CODE}INVALID_BUNDLE", "the 'measurement' parameter must hold a Bundle of type transaction")
+    entries = bundle.get("entry")
+    if not isinstance(entries, list) or not entries:
+        raise bad_request(f"{CODE}EMPTY_INPUT_BUNDLE", "The input bundle does not contain any resources.")
+    if len(entries) > MAX_ENTRIES:
+        raise FhirError(413, "TRANSACTION_TOO_MANY_ENTRIES",
+                        f"a transaction may hold at most {MAX_ENTRIES} entries, this one has {len(entries)}", "too-costly")
+    seen, idents = set(), []
+    for k, e in enumerate(entries):
+        where = f"Bundle.entry[{k}]"
+        if not isinstance(e, dict) or not isinstance(e.get("resource"), dict):
+            raise bad_request(f"{CODE}INVALID_BUNDLE", f"{where} has no resource")
+        r = e["resource"]
+        if r.get("resourceType") not in ALLOWED_TYPES:
+            raise bad_request(f"{CODE}INPUT_BUNDLE_CONTAINS_INVALID_RESOURCES",
+                              f"{where}: {r.get('resourceType')!r} is not allowed; submit Observation or QuestionnaireResponse")
+        full_url = e.get("fullUrl")
+        if not isinstance(full_url, str) or not full_url.startswith("urn:uuid:"):
+            raise bad_request(f"{CODE}INVALID_FULLURL", f"{where}.fullUrl must be a urn:uuid:")
+        try:
+            uuid.UUID(full_url.removeprefix("urn:uuid:"))
+        except ValueError:
+            raise bad_request(f"{CODE}INVALID_FULLURL", f"{where}.fullUrl {full_url!r} is not a urn:uuid") from None
+        if full_url in seen:
+            raise bad_request(f"{CODE}DUPLICATE_FULLURL", f"{where}.fullUrl {full_url} appears twice")
+        seen.add(full_url)
+        request = e.get("request") or {}
+        if request.get("method") != "POST" or request.get("url") != r["resourceType"]:
+            raise bad_request(f"{CODE}INVALID_REQUEST", f"{where}.request must be POST {r['resourceType']}")
+        idents.append(full_url)
+    return entries, idents
+
+
+async def check_submission(entries: list[dict], idents: list[str], claims, tx: Tx, refs) -> Plan:
+    """Everything that needs the database: episode, service requests, codes, values, token context."""
+    patients, episodes = set(), set()
+    for k, e in enumerate(entries):
+        r, where = e["resource"], f"Bundle.entry[{k}].resource"
+        patients.add(_ref_id(refs, (r.get("subject") or {}).get("reference"), "Patient", where))
+        episodes.add(_ref_id(refs, _episode_ref(r), "EpisodeOfCare", where))
+    if len(patients) > 1:
+        raise unprocessable(f"{CODE}INPUT_FOR_DIFFERENT_PATIENTS", "The resources provided are for different patients.")
+    if len(episodes) > 1:
+        raise unprocessable(f"{CODE}INPUT_NOT_PART_OF_SAME_EPISODEOFCARE",
+                            "The resources provided are not all part of the same episode of care.")
+    patient_id, episode_id = patients.pop(), episodes.pop()
+    ctx = claims.context
+    if claims.user_type == "PATIENT" and (ctx.patient_id != patient_id or ctx.episode_of_care_id != episode_id):
+        raise FhirError(403, "SECURITY_RESOURCE_NOT_MATCHING_TOKEN_CONTEXT",
+                        f"Resource not matching security token context: Patient/{patient_id}, EpisodeOfCare/{episode_id}",
+                        "forbidden")
+    episode = await tx.get("EpisodeOfCare", episode_id)
+    if episode is None:
+        raise unprocessable("REQUEST_UNKNOWN_REFERENCE", f"EpisodeOfCare/{episode_id} is not known")
+    if episode.patient != patient_id:
+        raise unprocessable(f"{CODE}DIFFERENT_PATIENT_REFERENCE",
+                            "The patient referenced by the EpisodeOfCare is different than the patient referenced by the "
+                            "provided resources")
+    if episode.status != "active":
+        raise unprocessable(f"{CODE}EPISODEOFCARE_NOT_ACTIVE", f"EpisodeOfCare/{episode_id} is {episode.status}, not active")
+    plan = Plan(patient_id, episode_id, episode.team, episode.org, entries, idents)
+    for k, e in enumerate(entries):
+        r, where = e["resource"], f"Bundle.entry[{k}].resource"
+        sr_id = _ref_id(refs, ((r.get("basedOn") or [{}])[0] or {}).get("reference"), "ServiceRequest", where)
+        sr = plan.service_requests.get(sr_id) or await tx.get("ServiceRequest", sr_id)
+        if sr is None or sr.episode != episode_id:
+            raise unprocessable("REQUEST_UNKNOWN_REFERENCE", f"{where}.basedOn: ServiceRequest/{sr_id} is not part of "
+                                f"EpisodeOfCare/{episode_id}")
+        if sr.status != "active":
+            raise unprocessable(f"{CODE}PROCEDURE_REQUEST_IS_NOT_ACTIVE", f"Procedure request with id:[{sr_id}] is not active.")
+        plan.service_requests[sr_id] = sr
+        if r["resourceType"] == "Observation":
+            _check_observation(r, sr, sr_id, where)
+        else:
+            _check_questionnaire_response(r, where)
+    return plan
+
+
+def _check_observation(r: dict, sr: Row, sr_id: str, where: str) -> None:
+    if r.get("status") != "final":
+        raise unprocessable(f"{CODE}INVALID_STATUS", f"Measurement status {r.get('status')} is invalid. Status must be "
+                            "final for measurement of type Observation")
+    codings = (r.get("code") or {}).get("coding") or []
+    coding = codings[0] if codings and isinstance(codings[0], dict) else {}
+    measurement = BY_CODE.get((coding.get("system"), coding.get("code")))
+    if measurement is None or sr.code != coding.get("code"):
+        raise unprocessable(f"{CODE}INVALID_OBSERVATION_CODE",
+                            f"Observation.code does not match the code of the referenced ServiceRequest with id {sr_id}.")
+    q = r.get("valueQuantity")
+    if not isinstance(q, dict):
+        raise bad_request(f"{CODE}MISSING_VALUE", f"{where}: valueQuantity is required")
+    value = q.get("value")
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise bad_request(f"{CODE}INVALID_VALUE", f"{where}.valueQuantity.value must be a number, got {value!r}")
+    if q.get("system") != "http://unitsofmeasure.org" or q.get("code") != measurement.unit_ucum:
+        raise unprocessable(f"{CODE}INVALID_UNIT", f"{where}: {measurement.name} is measured in UCUM "
+                            f"'{measurement.unit_ucum}', got {q.get('system')}|{q.get('code')}")
+    lo, hi = POSSIBLE[measurement.name]
+    if not lo <= float(value) <= hi:
+        raise unprocessable(f"{CODE}IMPOSSIBLE_VALUE", f"{where}: {measurement.name} {value} {measurement.unit_ucum} is "
+                            f"not a possible reading (allowed {lo:g}-{hi:g})")
+    effective = r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start")
+    _parse_time(effective, f"{where}.effective")
+
+
+def _check_questionnaire_response(r: dict, where: str) -> None:
+    if r.get("status") != "completed":
+        raise unprocessable(f"{CODE}INVALID_STATUS", f"Measurement status {r.get('status')} is invalid. Status must be "
+                            "completed for measurement of type QuestionnaireResponse")
+    _parse_time(r.get("authored"), f"{where}.authored")
+    for k, item in enumerate(r.get("item") or []):
+        answers = item.get("answer") if isinstance(item, dict) else None
+        if not isinstance(answers, list) or len(answers) != 1 or not isinstance(answers[0].get("valueBoolean"), bool):
+            raise unprocessable(f"{CODE}TOO_MANY_ANSWERS" if isinstance(answers, list) and len(answers) > 1
+                                else f"{CODE}TOO_FEW_ANSWERS",
+                                f"{where}.item[{k}] needs exactly one valueBoolean answer")
+
+
+def measurement_of(resource: dict) -> str | None:
+    coding = ((resource.get("code") or {}).get("coding") or [{}])[0]
+    m = BY_CODE.get((coding.get("system"), coding.get("code")))
+    return m.name if m else None
+
+
+def store_rows(plan: Plan, refs, now: str) -> tuple[list[Row], list[str]]:
+    """Rows for the submitted resources plus their Provenance; returns rows and response locations."""
+    ids = {e["fullUrl"]: str(uuid.uuid4()) for e in plan.entries}
+    urls = {full: refs.url(e["resource"]["resourceType"], ids[full]) for full, e in zip(ids, plan.entries, strict=True)}
+    text = json.dumps([e["resource"] for e in plan.entries])
+    for full, url in urls.items():  # references between co-submitted resources become absolute URLs
+        text = text.replace(f'"{full}"', json.dumps(url))
+    resources = json.loads(text)
+    rows, locations = [], []
+    for e, r, ident in zip(plan.entries, resources, plan.idents, strict=True):
+        id_ = ids[e["fullUrl"]]
+        r["id"] = id_
+        r["meta"] = {**(r.get("meta") or {}), "versionId": "1", "lastUpdated": now}
+        r.setdefault("identifier", [{"system": "urn:ietf:rfc:3986", "value": ident}])
+        effective = r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start") or r.get("authored")
+        code = ((r.get("code") or {}).get("coding") or [{}])[0].get("code")
+        rows.append(Row(r["resourceType"], id_, 1, now, plan.patient_id, plan.episode_id, plan.team_id, plan.org_id,
+                        r.get("status"), code, effective, None, ident, json.dumps(r)))
+        locations.append(f"{urls[e['fullUrl']]}/_history/1")
+    prov_id = str(uuid.uuid4())
+    provenance = {
+        "resourceType": "Provenance", "id": prov_id, "meta": {"versionId": "1", "lastUpdated": now},
+        "target": [{"reference": urls[e["fullUrl"]]} for e in plan.entries],
+        "recorded": now,
+        "policy": ["http://ehealth.sundhed.dk/policy/coherent-submitted-measurement"],
+        "agent": [{"who": {"reference": refs.url("Patient", plan.patient_id)}}],
+    }
+    rows.append(Row("Provenance", prov_id, 1, now, plan.patient_id, plan.episode_id, plan.team_id, plan.org_id, None,
+                    None, now, None, f"provenance:{plan.idents[0]}", json.dumps(provenance)))
+    return rows, locations
