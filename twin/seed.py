@@ -38,7 +38,7 @@ from twin.rng import Streams
 from twin.rules.thresholds import ReferenceRanges
 from twin.scenario import Scenario
 from twin.server import fhir_resources as fr
-from twin.server.app import password_hash
+from twin.server.service import password_hash
 from twin.server.storage import Row, Storage
 
 SEED_PASSWORD = "twin"

@@ -1,0 +1,142 @@
+"""The state one worker process holds, and the helpers every route uses.
+
+A route module (``routes_*.py``, one per FUT service) exports ``routes(service) -> list[Route]``;
+its handlers take ``(service, request)``. :mod:`twin.server.app` puts them together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from twin.server import auth
+from twin.server import fhir_resources as fr
+from twin.server.errors import FHIR_JSON, FhirError, bad_request
+from twin.server.settings import Settings
+from twin.server.storage import Row, Storage
+from twin.server.triage_worker import TriageWorker
+
+SERVICE_OF = {"Patient": "patient", "Communication": "patient", "EpisodeOfCare": "careplan", "CarePlan": "careplan",
+              "ServiceRequest": "careplan", "Observation": "measurement", "QuestionnaireResponse": "measurement",
+              "Provenance": "measurement", "Task": "task", "ClinicalImpression": "task", "Organization": "organization",
+              "CareTeam": "organization", "Practitioner": "organization", "PractitionerRole": "organization",
+              "Questionnaire": "questionnaire"}
+MAX_COUNT = 200  # page size cap, as the FUT careplan server's ~200
+DEFAULT_COUNT = 50
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def password_hash(username: str, password: str) -> str:
+    """Seeded test accounts only: salted SHA-256 is enough to keep passwords out of the database."""
+    return hashlib.sha256(f"twin:{username}:{password}".encode()).hexdigest()
+
+
+def fhir_response(body: dict, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+async def read_json(request: Request, settings: Settings) -> object:
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+        raise FhirError(413, "REQUEST_TOO_LARGE", f"request bodies are limited to {settings.max_body_bytes} bytes",
+                        "too-costly")
+    body = await request.body()
+    if len(body) > settings.max_body_bytes:
+        raise FhirError(413, "REQUEST_TOO_LARGE", f"request bodies are limited to {settings.max_body_bytes} bytes",
+                        "too-costly")
+    ctype = request.headers.get("content-type", "").split(";")[0].strip()
+    if ctype not in ("application/fhir+json", "application/json", "application/json-patch+json"):
+        raise FhirError(415, "REQUEST_UNSUPPORTED_MEDIA_TYPE",
+                        f"content type {ctype!r} is not supported; send application/fhir+json", "not-supported")
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise bad_request("REQUEST_MALFORMED_JSON", f"the body is not valid JSON: {exc}") from None
+
+
+def page_count(q) -> int:
+    """The ``_count`` search parameter, bounded."""
+    raw = q.get("_count", str(DEFAULT_COUNT))
+    if not raw.isdigit() or not 0 < int(raw) <= MAX_COUNT:
+        raise bad_request("SEARCH_INVALID_COUNT", f"_count must be an integer from 1 to {MAX_COUNT}, got {raw!r}")
+    return int(raw)
+
+
+def page_offset(q) -> int:
+    raw = q.get("_offset", "0")
+    if not raw.isdigit() or int(raw) > 1_000_000:
+        raise bad_request("SEARCH_INVALID_OFFSET", f"_offset must be an integer from 0 to 1000000, got {raw!r}")
+    return int(raw)
+
+
+class Service:
+    """The state one worker process holds: settings, storage, tokens, triage worker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.refs = fr.Refs(settings.base_url)
+        self.storage = Storage.connect(settings.database)
+        self.tokens = auth.TokenService(auth.derive_keys(settings.secret), self.refs.url,
+                                        issuer=f"{settings.base_url}/auth")
+        self.triage = TriageWorker(self.storage, self.refs)
+
+    def claims(self, request: Request, realm: str | None = None) -> auth.Claims:
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+        return self.tokens.verify(token, realm)
+
+    async def audit(self, tx, claims: auth.Claims, action: str, subtype: str | None, patients, resource_type: str,
+                    resource_id: str | None = None, query: str | None = None) -> None:
+        """One audit row per patient touched (FUT: one AuditEvent per patient), in the request's transaction."""
+        now = now_iso()
+        trace = uuid.uuid4().hex
+        rows = [(now, trace, claims.user_type, claims.user_id, claims.context.organization_id, action, subtype, p,
+                 resource_type, resource_id, query) for p in sorted({p for p in patients if p})]
+        await tx.audit(rows)
+
+    def check_row_access(self, claims: auth.Claims, row: Row) -> None:
+        """A citizen sees their own data; a practitioner the data of the care team in the token."""
+        ctx = claims.context
+        if claims.user_type == "PATIENT":
+            ok = row.patient is not None and row.patient == ctx.patient_id
+        elif claims.user_type == "PRACTITIONER":
+            ok = ctx.care_team_id is not None and (row.team == ctx.care_team_id or row.type in ("CareTeam", "Organization")
+                                                   and row.org == ctx.organization_id)
+        else:
+            ok = True
+        if not ok:
+            raise FhirError(403, "SECURITY_RESOURCE_NOT_MATCHING_TOKEN_CONTEXT",
+                            f"Resource not matching security token context: {row.type}/{row.id}", "forbidden")
+
+    def ref_id(self, value: str | None, expected_type: str, param: str) -> str | None:
+        """The id in a reference search parameter (``Type/id`` or an absolute URL); None if absent."""
+        if value in (None, ""):
+            return None
+        try:
+            type_, id_ = self.refs.parse(value) if "/" in value else (expected_type, value)
+        except ValueError:
+            raise bad_request("SEARCH_INVALID_REFERENCE", f"{param}={value!r} is not a reference") from None
+        if type_ != expected_type:
+            raise bad_request("SEARCH_INVALID_REFERENCE", f"{param} must reference a {expected_type}, got {value!r}")
+        return id_
+
+    def searchset(self, request: Request, rows: list[Row], included: list[Row] = (), total: int | None = None,
+                  next_offset: int | None = None) -> Response:
+        entries = [{"fullUrl": self.refs.url(r.type, r.id), "resource": json.loads(r.body), "mode": "match"}
+                   for r in rows]
+        entries += [{"fullUrl": self.refs.url(r.type, r.id), "resource": json.loads(r.body), "mode": "include"}
+                    for r in included]
+        next_url = None
+        if next_offset is not None:
+            params = dict(request.query_params)
+            params["_offset"] = str(next_offset)
+            next_url = str(request.url.replace_query_params(**params))
+        return fhir_response(fr.bundle_searchset(entries, total, str(request.url), next_url))
