@@ -175,6 +175,7 @@ async def seed_database(scenario: Scenario, database: str, base_url: str) -> See
                                  (username, realm, user_type, user_id, roles, password_hash(username, SEED_PASSWORD)))
             for m in memberships:
                 await tx.execute("INSERT INTO memberships (practitioner, care_team, org, role) VALUES (?, ?, ?, ?)", m)
+        await storage.analyze()
     finally:
         await storage.close()
     return SeedSummary(counts["organizations"], counts["care_teams"], counts["practitioners"], counts["citizens"],

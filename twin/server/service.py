@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import uuid
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from twin.server import auth
+from twin.server import auth, jsonfast
 from twin.server import fhir_resources as fr
 from twin.server.errors import FHIR_JSON, FhirError, bad_request
 from twin.server.settings import Settings
@@ -40,7 +39,7 @@ def password_hash(username: str, password: str) -> str:
 
 
 def fhir_response(body: dict, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status_code=status, media_type=FHIR_JSON, headers=headers)
+    return Response(jsonfast.dumpb(body), status_code=status, media_type=FHIR_JSON, headers=headers)
 
 
 async def read_json(request: Request, settings: Settings) -> object:
@@ -57,8 +56,8 @@ async def read_json(request: Request, settings: Settings) -> object:
         raise FhirError(415, "REQUEST_UNSUPPORTED_MEDIA_TYPE",
                         f"content type {ctype!r} is not supported; send application/fhir+json", "not-supported")
     try:
-        return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return jsonfast.loads(body)
+    except (ValueError, RecursionError) as exc:  # msgspec.DecodeError is a ValueError; so is bad UTF-8
         raise bad_request("REQUEST_MALFORMED_JSON", f"the body is not valid JSON: {exc}") from None
 
 
@@ -102,6 +101,34 @@ class Service:
                  resource_type, resource_id, query) for p in sorted({p for p in patients if p})]
         await tx.audit(rows)
 
+    async def require_membership(self, tx, claims: auth.Claims) -> None:
+        """403 ``SECURITY_TOKEN_CONTEXT_NOT_ALLOWED`` unless a practitioner's token context still holds.
+
+        A token is scoped once, at the token endpoint, against the ``memberships`` table; it then
+        lives for minutes. When an organisation's administrator removes a practitioner from a care
+        team (``DELETE /organization/PractitionerRole/{id}``), access must end at once, not when the
+        token expires (JWTs are not revocable). So every request of a PRACTITIONER re-checks, in
+        its own transaction, the rule re-scoping applied: a care-team context needs the
+        (practitioner, care team) membership; an organisation-only context needs some membership
+        in that organisation. Citizens and system users pass (their context is not a membership).
+        One primary-key lookup per request.
+        """
+        if claims.user_type != "PRACTITIONER":
+            return
+        ctx = claims.context
+        if ctx.care_team_id is not None:
+            sql, params = "SELECT 1 FROM memberships WHERE practitioner = ? AND care_team = ?", [claims.user_id,
+                                                                                               ctx.care_team_id]
+            if ctx.organization_id is not None:
+                sql, params = sql + " AND org = ?", [*params, ctx.organization_id]
+        elif ctx.organization_id is not None:
+            sql, params = "SELECT 1 FROM memberships WHERE practitioner = ? AND org = ?", [claims.user_id,
+                                                                                         ctx.organization_id]
+        else:
+            return  # no context: nothing was granted by a membership, nothing to withdraw
+        if not await tx.fetch(sql + " LIMIT 1", params):
+            raise auth.AuthError.of("SECURITY_TOKEN_CONTEXT_NOT_ALLOWED", ctx.describe())
+
     def check_row_access(self, claims: auth.Claims, row: Row) -> None:
         """A citizen sees their own data; a practitioner the data of the care team in the token."""
         ctx = claims.context
@@ -130,9 +157,9 @@ class Service:
 
     def searchset(self, request: Request, rows: list[Row], included: list[Row] = (), total: int | None = None,
                   next_offset: int | None = None) -> Response:
-        entries = [{"fullUrl": self.refs.url(r.type, r.id), "resource": json.loads(r.body), "mode": "match"}
+        entries = [{"fullUrl": self.refs.url(r.type, r.id), "resource": jsonfast.loads(r.body), "mode": "match"}
                    for r in rows]
-        entries += [{"fullUrl": self.refs.url(r.type, r.id), "resource": json.loads(r.body), "mode": "include"}
+        entries += [{"fullUrl": self.refs.url(r.type, r.id), "resource": jsonfast.loads(r.body), "mode": "include"}
                     for r in included]
         next_url = None
         if next_offset is not None:

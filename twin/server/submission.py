@@ -16,13 +16,13 @@ nothing new: the answer says it already exists and gives the original locations.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import uuid
 from dataclasses import dataclass, field
 
 from twin.rules import MEASUREMENTS
+from twin.server import jsonfast
 from twin.server.errors import FhirError, bad_request, unprocessable
-from twin.server.storage import Row, Tx
+from twin.server.storage import Filter, Row, Tx
 
 MAX_ENTRIES = 100  # FUT transaction limit (fut-examples/transaction.md)
 ALLOWED_TYPES = {"Observation", "QuestionnaireResponse"}
@@ -151,10 +151,13 @@ async def check_submission(entries: list[dict], idents: list[str], claims, tx: T
     if episode.status != "active":
         raise unprocessable(f"{CODE}EPISODEOFCARE_NOT_ACTIVE", f"EpisodeOfCare/{episode_id} is {episode.status}, not active")
     plan = Plan(patient_id, episode_id, episode.team, episode.org, entries, idents)
-    for k, e in enumerate(entries):
+    sr_ids = [_ref_id(refs, ((e["resource"].get("basedOn") or [{}])[0] or {}).get("reference"), "ServiceRequest",
+                      f"Bundle.entry[{k}].resource") for k, e in enumerate(entries)]
+    wanted = sorted(set(sr_ids))
+    found = {row.id: row for row in await tx.search("ServiceRequest", [Filter("id", "in", wanted)], limit=len(wanted))}
+    for k, (e, sr_id) in enumerate(zip(entries, sr_ids, strict=True)):
         r, where = e["resource"], f"Bundle.entry[{k}].resource"
-        sr_id = _ref_id(refs, ((r.get("basedOn") or [{}])[0] or {}).get("reference"), "ServiceRequest", where)
-        sr = plan.service_requests.get(sr_id) or await tx.get("ServiceRequest", sr_id)
+        sr = found.get(sr_id)
         if sr is None or sr.episode != episode_id:
             raise unprocessable("REQUEST_UNKNOWN_REFERENCE", f"{where}.basedOn: ServiceRequest/{sr_id} is not part of "
                                 f"EpisodeOfCare/{episode_id}")
@@ -218,20 +221,21 @@ def store_rows(plan: Plan, refs, now: str) -> tuple[list[Row], list[str]]:
     """Rows for the submitted resources plus their Provenance; returns rows and response locations."""
     ids = {e["fullUrl"]: str(uuid.uuid4()) for e in plan.entries}
     urls = {full: refs.url(e["resource"]["resourceType"], ids[full]) for full, e in zip(ids, plan.entries, strict=True)}
-    text = json.dumps([e["resource"] for e in plan.entries])
-    for full, url in urls.items():  # references between co-submitted resources become absolute URLs
-        text = text.replace(f'"{full}"', json.dumps(url))
-    resources = json.loads(text)
     rows, locations = [], []
-    for e, r, ident in zip(plan.entries, resources, plan.idents, strict=True):
+    for e, ident in zip(plan.entries, plan.idents, strict=True):
+        r = dict(e["resource"])  # shallow: only id, meta and identifier are set at the top level
         id_ = ids[e["fullUrl"]]
         r["id"] = id_
         r["meta"] = {**(r.get("meta") or {}), "versionId": "1", "lastUpdated": now}
         r.setdefault("identifier", [{"system": "urn:ietf:rfc:3986", "value": ident}])
+        text = jsonfast.dumps(r)
+        for full, url in urls.items():  # references between co-submitted resources become absolute URLs
+            if full in text:  # (the identifier keeps the client's urn:uuid: it is the idempotency key)
+                text = text.replace(f'"reference":"{full}"', f'"reference":"{url}"')
         effective = r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start") or r.get("authored")
         code = ((r.get("code") or {}).get("coding") or [{}])[0].get("code")
         rows.append(Row(r["resourceType"], id_, 1, now, plan.patient_id, plan.episode_id, plan.team_id, plan.org_id,
-                        r.get("status"), code, effective, None, ident, json.dumps(r)))
+                        r.get("status"), code, effective, None, ident, text))
         locations.append(f"{urls[e['fullUrl']]}/_history/1")
     prov_id = str(uuid.uuid4())
     provenance = {
@@ -242,5 +246,5 @@ def store_rows(plan: Plan, refs, now: str) -> tuple[list[Row], list[str]]:
         "agent": [{"who": {"reference": refs.url("Patient", plan.patient_id)}}],
     }
     rows.append(Row("Provenance", prov_id, 1, now, plan.patient_id, plan.episode_id, plan.team_id, plan.org_id, None,
-                    None, now, None, f"provenance:{plan.idents[0]}", json.dumps(provenance)))
+                    None, now, None, f"provenance:{plan.idents[0]}", jsonfast.dumps(provenance)))
     return rows, locations

@@ -22,42 +22,43 @@ import uuid
 
 from twin.rules import triage_session
 from twin.server import fhir_resources as fr
-from twin.server.storage import Row, Storage, Tx
+from twin.server import jsonfast
+from twin.server.storage import Filter, Row, Storage, Tx
 from twin.server.submission import measurement_of
 
 log = logging.getLogger("twin.server.triage")
 POLL_S = 1.0
-BATCH = 50
+BATCH = 10  # submissions triaged per transaction: fewer commits, yet short enough not to hold up writers
 PRIORITY = {"red": "asap", "yellow": "urgent", "green": "routine"}  # FHIR request-priority codes
 PRIORITY_RANK = {"routine": 0, "urgent": 1, "asap": 2, "stat": 3}  # sort key of the worklist (-priority)
 
 
-class _AlreadyDone(Exception):
-    """Another worker triaged this submission first; roll back ours."""
-
-
-async def triage_one(tx: Tx, outbox_id: str, payload: dict, refs) -> str:
-    """Triage one submission inside ``tx``; returns the colour."""
-    rows = [await tx.get(t, i) for t, i in payload["resources"]]
+async def triage_one(tx: Tx, outbox_id: str, payload: dict, refs, questionnaires: dict | None = None) -> str | None:
+    """Triage one submission inside ``tx``; returns the colour, or None if another worker did it first."""
+    if not await tx.outbox_done(outbox_id):
+        return None  # the outbox row is gone: triaged already (its DELETE waited for the other commit)
+    by_type: dict[str, list[str]] = {}
+    for t, i in payload["resources"]:
+        by_type.setdefault(t, []).append(i)
+    resources = []
+    for t, ids in by_type.items():
+        resources += [jsonfast.loads(row.body) for row in await tx.search(t, [Filter("id", "in", ids)], limit=len(ids))]
+    sr_ids = sorted({refs.parse(r["basedOn"][0]["reference"])[1] for r in resources})
+    service_requests = {row.id: jsonfast.loads(row.body) for row in
+                        await tx.search("ServiceRequest", [Filter("id", "in", sr_ids)], limit=len(sr_ids))}
     values, ranges, answers, rules = {}, {}, {}, []
-    for row in rows:
-        if row is None:
-            continue
-        r = json.loads(row.body)
-        sr_type, sr_id = refs.parse(r["basedOn"][0]["reference"])
-        sr = await tx.get(sr_type, sr_id)
+    for r in resources:
+        sr = service_requests.get(refs.parse(r["basedOn"][0]["reference"])[1])
         if r["resourceType"] == "Observation":
             name = measurement_of(r)
             values[name] = float(r["valueQuantity"]["value"])
             if sr is not None:
-                ranges[name] = fr.ranges_from_service_request(json.loads(sr.body))
+                ranges[name] = fr.ranges_from_service_request(sr)
         elif r["resourceType"] == "QuestionnaireResponse":
             answers.update({item["linkId"]: bool(item["answer"][0]["valueBoolean"]) for item in r.get("item") or []})
             q_ref = r.get("questionnaire")
             if q_ref:
-                q = await tx.get(*refs.parse(q_ref))
-                if q is not None:
-                    rules = fr.question_rules_from_questionnaire(json.loads(q.body))
+                rules = await _question_rules(tx, refs, q_ref, questionnaires if questionnaires is not None else {})
     finding = triage_session(values, ranges, answers, rules)
     now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
     patient, episode, team, org = payload["patient"], payload["episode"], payload["team"], payload["org"]
@@ -67,19 +68,25 @@ async def triage_one(tx: Tx, outbox_id: str, payload: dict, refs) -> str:
     priority = PRIORITY[finding.colour]
     task = fr.task_for_assessment(refs, task_id, patient, episode, team, refs.url("ClinicalImpression", ci_id), priority, now)
     new = [Row("ClinicalImpression", ci_id, 1, now, patient, episode, team, org, ci.get("status"), "TriagingResult",
-               now, None, f"triage:{outbox_id}", json.dumps(ci)),
+               now, None, f"triage:{outbox_id}", jsonfast.dumps(ci)),
            Row("Task", task_id, 1, now, patient, episode, team, org, task.get("status"), "MeasurementForAssessment",
-               now, PRIORITY_RANK[priority], f"task:{outbox_id}", json.dumps(task))]
+               now, PRIORITY_RANK[priority], f"task:{outbox_id}", jsonfast.dumps(task))]
     if finding.colour == "red":
         msg_id = str(uuid.uuid4())
         msg = fr.communication(refs, msg_id, patient, episode, refs.url("Patient", patient), refs.url("CareTeam", team),
                                "Red alert: " + ", ".join(finding.reasons), now)
         new.append(Row("Communication", msg_id, 1, now, patient, episode, team, org, msg.get("status"), "message", now,
-                       None, f"message:{outbox_id}", json.dumps(msg)))
-    if not await tx.outbox_done(outbox_id):
-        raise _AlreadyDone
+                       None, f"message:{outbox_id}", jsonfast.dumps(msg)))
     await tx.insert(new)
     return finding.colour
+
+
+async def _question_rules(tx: Tx, refs, q_ref: str, cache: dict) -> list:
+    """A questionnaire's answer-significance rules; questionnaires change rarely, so they are cached."""
+    if q_ref not in cache:
+        q = await tx.get(*refs.parse(q_ref))
+        cache[q_ref] = fr.question_rules_from_questionnaire(json.loads(q.body)) if q is not None else []
+    return cache[q_ref]
 
 
 class TriageWorker:
@@ -88,6 +95,7 @@ class TriageWorker:
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.triaged = 0
+        self.questionnaires: dict = {}
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name="triage-worker")
@@ -99,21 +107,19 @@ class TriageWorker:
                 await self.task
 
     async def drain(self) -> int:
-        """Triage everything pending now; returns how many were done."""
+        """Triage everything pending now, a batch per transaction; returns how many were done."""
         done = 0
         while True:
             async with self.storage.transaction() as tx:
                 pending = await tx.outbox_pending("triage", BATCH)
+                batch_done = 0
+                for outbox_id, payload in pending:
+                    if await triage_one(tx, outbox_id, jsonfast.loads(payload), self.refs, self.questionnaires):
+                        batch_done += 1
+            done += batch_done
+            self.triaged += batch_done
             if not pending:
                 return done
-            for outbox_id, payload in pending:
-                try:
-                    async with self.storage.transaction() as tx:
-                        await triage_one(tx, outbox_id, json.loads(payload), self.refs)
-                    done += 1
-                except _AlreadyDone:
-                    pass
-            self.triaged += done
 
     async def _run(self) -> None:
         while True:
