@@ -12,6 +12,7 @@ models of ``fhir.resources``; every refusal is an OperationOutcome with its code
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 
 import pytest
@@ -190,6 +191,43 @@ def test_nurse_claims_assesses_and_completes_a_red_task(server):
         second = c.get(path_of(next_link(first.json()), server), headers=bearer(nurse))
         assert second.status_code == 200 and len(entries(second.json())) == 1
         assert entries(first.json())[0]["id"] != entries(second.json())[0]["id"]
+
+
+def test_concurrent_claims_one_wins(server):
+    """Parallel claims of one Task on the version read: exactly one is stored, the others get 412.
+    On PostgreSQL the requests really overlap in the database (an UPDATE that lost the race matches
+    nothing); SQLite serialises them, and the later ones fail the If-Match check."""
+    with server.client() as c:
+        t = red_task(server, c, TASK_CITIZEN)
+    url = f"/task/Task/{t['task']['id']}"
+    claim = [{"op": "add", "path": "/owner", "value": {"reference": f"Practitioner/pr-{t['team']}-0"}},
+             {"op": "replace", "path": "/status", "value": "in-progress"}]
+
+    def attempt(_):
+        with server.client() as c:
+            return c.patch(url, json=claim, headers=patch_headers(t["nurse"], 'W/"1"'))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(attempt, range(4)))
+    assert sorted(r.status_code for r in answers) == [200, 412, 412, 412], [r.text for r in answers]
+    for r in answers:
+        if r.status_code == 412:
+            outcome(r, 412, "REQUEST_VERSION_CONFLICT")
+    with server.client() as c:
+        assert c.get(url, headers=bearer(t["nurse"])).headers["ETag"] == 'W/"2"'
+
+    # Without If-Match a client asks for its change on whatever is current: parallel notes all land.
+    def note(k):
+        with server.client() as c:
+            return c.patch(url, json=[{"op": "add", "path": "/note/-", "value": {"text": f"note {k}"}}],
+                           headers=patch_headers(t["nurse"]))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(note, range(4)))
+    assert [r.status_code for r in answers] == [200] * 4, [r.text for r in answers]
+    with server.client() as c:
+        r = c.get(url, headers=bearer(t["nurse"]))
+    assert r.headers["ETag"] == 'W/"6"' and sorted(n["text"] for n in r.json()["note"]) == [f"note {k}" for k in range(4)]
 
 
 @pytest.mark.parametrize("body,status,code", [

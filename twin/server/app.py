@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from twin.server import (
     auth,
+    openapi,
     routes_audit,
     routes_auth,
     routes_careplan,
@@ -110,7 +111,8 @@ def create_app(settings: Settings) -> Starlette:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return outcome_response(500, "SERVER_ERROR", "the service failed to handle this request", "exception")
 
-    routes = [Route("/health", guarded(health)), Route("/metadata", guarded(metadata))]
+    routes = [Route("/health", guarded(health)), Route("/metadata", guarded(metadata)),
+              Route("/openapi.json", guarded(openapi.endpoint))]
     for module in (*ROUTE_MODULES, routes_read):
         routes += module.routes(service, guarded)
     app = Starlette(routes=routes, lifespan=lifespan,

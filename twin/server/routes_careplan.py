@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import re
 import uuid
 from collections import defaultdict
@@ -47,7 +46,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from twin.server import auth
+from twin.server import auth, jsonfast
 from twin.server import fhir_resources as fr
 from twin.server.errors import FhirError, bad_request
 from twin.server.service import MAX_COUNT, Service, fhir_response, page_count, read_json
@@ -229,6 +228,7 @@ async def access_scope(self: Service, tx, claims: auth.Claims, patient_ids: Sequ
     if claims.user_type != "PRACTITIONER":
         return filters
     (team,) = claims.require_context("CareTeam")
+    await self.require_membership(tx, claims)  # a team membership withdrawn since the token was issued ends access now
     if ctx.patient_id is not None and any(p != ctx.patient_id for p in patient_ids):
         raise forbidden_search("patient")
     if ctx.episode_of_care_id is not None and any(e != ctx.episode_of_care_id for e in episode_ids):
@@ -276,7 +276,7 @@ async def search_episodes(self: Service, request: Request) -> Response:
     async with self.storage.transaction() as tx:
         rows = await tx.search("EpisodeOfCare", filters, [("id", False)], limit=page_count(q))
         await self.audit(tx, claims, "R", "search", [r.patient for r in rows], "EpisodeOfCare", query=str(q))
-    entries = [{"fullUrl": self.refs.url("EpisodeOfCare", r.id), "resource": json.loads(r.body), "mode": "match"}
+    entries = [{"fullUrl": self.refs.url("EpisodeOfCare", r.id), "resource": jsonfast.loads(r.body), "mode": "match"}
                for r in rows]
     return fhir_response(fr.bundle_searchset(entries, None, str(request.url)))
 
@@ -327,7 +327,7 @@ def _bounds(repeat: dict) -> tuple[dt.datetime, dt.datetime]:
 
 def resolve_slots(sr: Row, lo: dt.datetime, hi: dt.datetime) -> list[Slot]:
     """The slots of one ServiceRequest that overlap ``[lo, hi)`` (see the module docstring)."""
-    body = json.loads(sr.body)
+    body = jsonfast.loads(sr.body)
     timing = body.get("occurrenceTiming")
     if not isinstance(timing, dict):
         return [Slot(sr, "Adhoc", None, None, None)]
@@ -369,7 +369,7 @@ def _row_parameter(self: Service, k: int, slot: Slot, care_plan_id: str) -> dict
         {"name": "CarePlan", "valueReference": self.refs.ref("CarePlan", care_plan_id)},
         {"name": "ServiceRequest", "valueReference": self.refs.ref("ServiceRequest", slot.sr.id)},
         {"name": "ServiceRequestVersionId", "valueId": str(slot.sr.version)},
-        {"name": "Activity", "valueString": _activity(json.loads(slot.sr.body))},
+        {"name": "Activity", "valueString": _activity(jsonfast.loads(slot.sr.body))},
     ]
     if slot.start is not None and slot.end is not None:
         # FUT writes empty ResolvedTiming parts on Unresolved/Adhoc rows; a part without a value
@@ -423,7 +423,7 @@ async def get_patient_procedures(self: Service, request: Request) -> Response:
         requests = await tx.search("ServiceRequest", [*active, in_eoc], [("id", False)], limit=MAX_COUNT)
         plan_of = {}
         for plan in plans:
-            for activity in json.loads(plan.body).get("activity") or []:
+            for activity in jsonfast.loads(plan.body).get("activity") or []:
                 try:
                     type_, id_ = self.refs.parse(((activity or {}).get("reference") or {}).get("reference"))
                 except ValueError:
@@ -438,9 +438,9 @@ async def get_patient_procedures(self: Service, request: Request) -> Response:
     rows = [_row_parameter(self, k, s, plan_of[s.sr.id]) for k, s in enumerate(slots, 1)]
     used_plans = {plan_of[s.sr.id] for s in slots}
     used_requests = {s.sr.id for s in slots}
-    entries = [{"fullUrl": self.refs.url("CarePlan", p.id), "resource": json.loads(p.body)}
+    entries = [{"fullUrl": self.refs.url("CarePlan", p.id), "resource": jsonfast.loads(p.body)}
                for p in plans if p.id in used_plans]
-    entries += [{"fullUrl": self.refs.url("ServiceRequest", r.id), "resource": json.loads(r.body)}
+    entries += [{"fullUrl": self.refs.url("ServiceRequest", r.id), "resource": jsonfast.loads(r.body)}
                 for r in requests if r.id in used_requests]
     result: dict = {"resourceType": "Parameters", "id": str(uuid.uuid4())}
     if rows:
@@ -462,7 +462,7 @@ async def _count_submissions(tx, slots: list[Slot], scope: list[Filter], lo: dt.
     for type_ in ("Observation", "QuestionnaireResponse"):
         for row in await tx.search(type_, [*scope, *window], limit=MAX_MEASUREMENTS):
             t = parse_stored(row.effective)
-            based_on = (json.loads(row.body).get("basedOn") or [{}])[0].get("reference") or ""
+            based_on = (jsonfast.loads(row.body).get("basedOn") or [{}])[0].get("reference") or ""
             if t is not None and "/ServiceRequest/" in based_on:
                 times[based_on.rsplit("/", 1)[1]].append(t)
     for slot in slots:

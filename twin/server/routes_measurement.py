@@ -36,6 +36,7 @@ which for a live submission is the same moment.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import urllib.parse
@@ -46,7 +47,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from twin.server import auth
+from twin.server import auth, jsonfast
 from twin.server import fhir_resources as fr
 from twin.server.errors import FhirError, bad_request
 from twin.server.routes_careplan import (
@@ -192,7 +193,7 @@ async def search_observations(self: Service, request: Request) -> Response:
         total = await tx.count("Observation", filters)
         rows = await tx.search("Observation", filters, order, limit=count, offset=offset)
         await self.audit(tx, claims, "R", "search", [r.patient for r in rows], "Observation", query=str(q))
-    entries = [{"fullUrl": self.refs.url("Observation", r.id), "resource": json.loads(r.body), "mode": "match"}
+    entries = [{"fullUrl": self.refs.url("Observation", r.id), "resource": jsonfast.loads(r.body), "mode": "match"}
                for r in rows]
     next_url = page_url(request, offset + count) if offset + len(rows) < total else None
     return fhir_response(fr.bundle_searchset(entries, total, str(request.url), next_url))
@@ -283,7 +284,7 @@ async def search_measurements(self: Service, operation: str, request: Request) -
         wanted: dict[str, set[str]] = defaultdict(set)
         for p in provenances:
             refs = []
-            for t in json.loads(p.body).get("target") or []:
+            for t in jsonfast.loads(p.body).get("target") or []:
                 try:
                     type_, id_ = self.refs.parse((t or {}).get("reference"))
                 except ValueError:
@@ -295,19 +296,17 @@ async def search_measurements(self: Service, operation: str, request: Request) -
         found = {}
         for type_, ids in wanted.items():
             for row in await tx.search(type_, [*scope, Filter("id", "in", sorted(ids))], limit=len(ids)):
-                found[(type_, row.id)] = json.loads(row.body)
+                found[(type_, row.id)] = jsonfast.loads(row.body)
         questionnaire_ids = set()
         for (type_, _), body in found.items():
             if type_ == "QuestionnaireResponse":
-                try:
+                with contextlib.suppress(ValueError):  # a QuestionnaireResponse without a readable questionnaire
                     questionnaire_ids.add(self.refs.parse(body.get("questionnaire"))[1])
-                except ValueError:
-                    pass
         questionnaires = {}
         if questionnaire_ids:
             for row in await tx.search("Questionnaire", [Filter("id", "in", sorted(questionnaire_ids))],
                                        limit=len(questionnaire_ids)):
-                questionnaires[row.id] = json.loads(row.body)
+                questionnaires[row.id] = jsonfast.loads(row.body)
         await self.audit(tx, claims, "E", operation, [p.patient for p in provenances], "Bundle")
     entries = []
     for p in provenances:
@@ -322,7 +321,7 @@ async def search_measurements(self: Service, operation: str, request: Request) -
             if q_id in questionnaires and q_id not in seen:
                 seen.add(q_id)
                 inner.append({"fullUrl": self.refs.url("Questionnaire", q_id), "resource": questionnaires[q_id]})
-        inner.append({"fullUrl": self.refs.url("Provenance", p.id), "resource": json.loads(p.body)})
+        inner.append({"fullUrl": self.refs.url("Provenance", p.id), "resource": jsonfast.loads(p.body)})
         # A stable urn for the nested bundle: the same submission has the same fullUrl in every answer.
         entries.append({"fullUrl": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, self.refs.url('Provenance', p.id))}",
                         "resource": {"resourceType": "Bundle", "type": "collection", "entry": inner}})

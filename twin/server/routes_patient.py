@@ -49,6 +49,7 @@ from twin.server.routes_task import (
     read_patch,
     store_new_version,
     version_headers,
+    with_retry_on_lost_race,
 )
 from twin.server.service import Service, fhir_response, now_iso, page_count, page_offset, read_json
 from twin.server.storage import Filter, Row, Tx
@@ -315,25 +316,30 @@ async def patch_message(self: Service, request: Request) -> Response:
             raise unprocessable("COMMUNICATION_INVALID_STATUS",
                                 f"operation [{k}]: a message is marked read with status completed, "
                                 f"got {str(p.value)[:40]!r}")
-    now = now_iso()
-    async with self.storage.transaction() as tx:
-        row = await tx.get("Communication", id_)
-        if row is None:
-            raise not_found("Communication", id_)
-        self.check_row_access(claims, row)
-        msg = json.loads(row.body)
-        to = recipients(self.refs, msg)
-        me = {("Patient", claims.context.patient_id)} if claims.user_type == "PATIENT" else {
-            ("CareTeam", claims.context.care_team_id), ("Practitioner", claims.user_id)}
-        if not to & me:
-            raise FhirError(403, "COMMUNICATION_NOT_RECIPIENT",
-                            f"only a recipient marks Communication/{id_} read", "forbidden")
-        check_if_match(request, row)
-        if msg.get("status") != "completed":
-            msg["status"] = "completed"
-            msg["received"] = now  # FHIR Communication.received: when the recipient got it
-            row = await store_new_version(tx, row, msg, now, "completed")
-        await self.audit(tx, claims, "U", "patch", [row.patient], "Communication", id_)
+
+    async def work() -> Row:
+        now = now_iso()
+        async with self.storage.transaction() as tx:
+            row = await tx.get("Communication", id_)
+            if row is None:
+                raise not_found("Communication", id_)
+            self.check_row_access(claims, row)
+            msg = json.loads(row.body)
+            to = recipients(self.refs, msg)
+            me = {("Patient", claims.context.patient_id)} if claims.user_type == "PATIENT" else {
+                ("CareTeam", claims.context.care_team_id), ("Practitioner", claims.user_id)}
+            if not to & me:
+                raise FhirError(403, "COMMUNICATION_NOT_RECIPIENT",
+                                f"only a recipient marks Communication/{id_} read", "forbidden")
+            check_if_match(request, row)
+            if msg.get("status") != "completed":  # already read: nothing to store, the answer is the same
+                msg["status"] = "completed"
+                msg["received"] = now  # FHIR Communication.received: when the recipient got it
+                row = await store_new_version(tx, row, msg, now, "completed")
+            await self.audit(tx, claims, "U", "patch", [row.patient], "Communication", id_)
+        return row
+
+    row = await with_retry_on_lost_race(request, work)
     return fhir_response(json.loads(row.body), 200, version_headers(row))
 
 

@@ -143,10 +143,30 @@ async def store_new_version(tx: Tx, row: Row, body: dict, now: str, status: str 
     await tx.update(new)
     stored = await tx.get(row.type, row.id)
     if stored is None or stored.version != version or stored.body != new.body:
-        raise FhirError(412, "REQUEST_VERSION_CONFLICT",
-                        f"{row.type}/{row.id} was changed by another request meanwhile: read it again and retry",
-                        "conflict")
+        raise LostRace(412, "REQUEST_VERSION_CONFLICT",
+                       f"{row.type}/{row.id} was changed by another request meanwhile: read it again and retry",
+                       "conflict")
     return new
+
+
+class LostRace(FhirError):
+    """Another request stored a new version between our read and our write."""
+
+
+LOST_RACE_RETRIES = 3
+
+
+async def with_retry_on_lost_race(request: Request, work):
+    """Run ``work()`` (one transaction); a lost race is retried on the new version when the client
+    did not ask for a version with If-Match (it then wants its change applied to whatever is current,
+    as the read-modify-write it would otherwise do itself). With If-Match the 412 is the answer."""
+    for attempt in range(LOST_RACE_RETRIES):
+        try:
+            return await work()
+        except LostRace:
+            if request.headers.get("if-match") is not None or attempt == LOST_RACE_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def version_headers(row: Row) -> dict:
@@ -331,19 +351,24 @@ async def patch_task(self: Service, request: Request) -> Response:
         raise auth.AuthError.of("SECURITY_OPERATION_NOT_ALLOWED_FOR_USER_TYPE", claims.user_type)
     id_ = request.path_params["id"]
     ops = await read_patch(self, request)  # a malformed patch is refused before the database is touched
-    now = now_iso()
-    async with self.storage.transaction() as tx:
-        row = await tx.get("Task", id_)
-        if row is None:
-            raise not_found("Task", id_)
-        self.check_row_access(claims, row)  # the Task's team compartment must be the token's care team
-        check_if_match(request, row)
-        task = json.loads(row.body)
-        patched = _task_patch(task, ops, claims, self.refs, now)
-        if patched != task:
-            patched["lastModified"] = now
-            row = await store_new_version(tx, row, patched, now, patched.get("status"))
-        await self.audit(tx, claims, "U", "patch", [row.patient], "Task", id_)
+
+    async def work() -> Row:
+        now = now_iso()
+        async with self.storage.transaction() as tx:
+            row = await tx.get("Task", id_)
+            if row is None:
+                raise not_found("Task", id_)
+            self.check_row_access(claims, row)  # the Task's team compartment must be the token's care team
+            check_if_match(request, row)
+            task = json.loads(row.body)
+            patched = _task_patch(task, ops, claims, self.refs, now)
+            if patched != task:
+                patched["lastModified"] = now
+                row = await store_new_version(tx, row, patched, now, patched.get("status"))
+            await self.audit(tx, claims, "U", "patch", [row.patient], "Task", id_)
+        return row
+
+    row = await with_retry_on_lost_race(request, work)
     return fhir_response(json.loads(row.body), 200, version_headers(row))
 
 

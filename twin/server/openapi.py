@@ -1,0 +1,379 @@
+"""The service described as OpenAPI 3.1: ``GET /openapi.json``, for clients, load tests and fuzzing.
+
+FUT publishes its API as a FHIR implementation guide (profiles, OperationDefinitions, a
+CapabilityStatement per service — the twin serves one at ``/metadata``). A CapabilityStatement
+says *which* interactions exist; it does not say which parameters a search takes, which status
+codes come back or which bodies are refused, and generic HTTP tools (schemathesis, load
+generators, client generators) read OpenAPI, not FHIR. So the twin describes itself twice.
+
+The document is built from the running application: :func:`build` walks the Starlette app's
+routes (so nothing served is left out, and nothing not served is described) and takes, for each
+``(method, path)``, the human part — summary, FUT background, query parameters, body, status codes —
+from :data:`OPERATIONS`. A route without an entry there is still listed, marked
+``x-twin-undocumented``, and :func:`undocumented` names it: the test suite fails until somebody
+writes its entry. Entries for routes no longer served are reported by :func:`unserved`.
+
+Conventions of every operation:
+
+* security: ``bearerAuth`` (a JWT from the token endpoint) unless the entry says ``public``;
+* bodies are FHIR JSON objects (``application/fhir+json``; JSON Patch for PATCH), only their
+  ``resourceType`` is constrained here — the FHIR profiles are the contract for the rest;
+* every error is an ``OperationOutcome`` whose ``issue[0].details.coding[0].code`` is the FUT-style
+  error code (:mod:`twin.server.errors`); 401 always carries ``WWW-Authenticate: Bearer``;
+* 500 is listed everywhere because the service answers an unexpected failure with an
+  OperationOutcome too; the test suite treats any 500 as a bug.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+import twin
+from twin.server import auth
+from twin.server.service import MAX_COUNT, SERVICE_OF
+
+OPENAPI_VERSION = "3.1.0"
+FHIR_JSON = "application/fhir+json"
+JSON_PATCH = "application/json-patch+json"
+ID_PATTERN = r"^[A-Za-z0-9\-.]{1,64}$"
+
+# -- the parts entries are made of ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query parameter."""
+
+    name: str
+    description: str
+    schema: dict = field(default_factory=lambda: {"type": "string"})
+    required: bool = False
+    repeated: bool = False  # ``date=ge…&date=lt…``: an array, one value per occurrence
+
+
+@dataclass(frozen=True)
+class Op:
+    """What a route does, for :data:`OPERATIONS`. ``ok`` maps success statuses to descriptions;
+    ``errors`` lists the error statuses (each an OperationOutcome); ``body`` is the resource type
+    of a FHIR JSON body (``"JSONPatch"`` for a JSON Patch array, ``"form"`` for the token form)."""
+
+    summary: str
+    description: str
+    ok: dict[int, str]
+    errors: tuple[int, ...]
+    query: tuple[Param, ...] = ()
+    body: str | None = None
+    result: str = "Resource"  # schema name of the success body: Resource, Bundle, Token, Health, OpenAPI, None
+    public: bool = False
+    example: dict | None = None
+
+
+def _ref_param(name: str, type_: str, what: str, required: bool = False) -> Param:
+    return Param(name, f"{what} — `{type_}/{{id}}`, an absolute URL of this server, or an id",
+                 {"type": "string", "examples": [f"{type_}/example-1"]}, required)
+
+
+COUNT = Param("_count", f"page size, 1 to {MAX_COUNT} (FUT's careplan server caps pages at about 200)",
+              {"type": "integer", "minimum": 1, "maximum": MAX_COUNT})
+OFFSET = Param("_offset", "how many matches to skip (the `next` link carries it)",
+               {"type": "integer", "minimum": 0, "maximum": 1_000_000})
+STATUS = Param("status", "comma-separated status codes (any of them matches)")
+DATE = Param("date", "`[eq|ge|gt|le|lt]YYYY-MM-DD[Thh:mm[:ss[.sss]][Z|±hh:mm]]`; a day means the whole Danish "
+                     "day; repeat for a range", {"type": "string", "pattern": r"^(eq|ge|gt|le|lt)?\d{4}-\d{2}-\d{2}"},
+             repeated=True)
+PUBLIC_ERRORS = (500,)
+READ_ERRORS = (400, 401, 403, 404, 500)
+SEARCH_ERRORS = (400, 401, 403, 500)
+WRITE_ERRORS = (400, 401, 403, 409, 413, 415, 422, 500)
+
+# -- the table: one entry per (method, path) the app serves -----------------------------------------
+
+OPERATIONS: dict[tuple[str, str], Op] = {
+    ("GET", "/health"): Op(
+        "Liveness and database check",
+        "Not a FUT interaction: load balancers and the test harness poll it. Answers once the database answers.",
+        {200: "the service and its database are up"}, PUBLIC_ERRORS, result="Health", public=True),
+    ("GET", "/metadata"): Op(
+        "CapabilityStatement",
+        "The FHIR CapabilityStatement of the twin: resource types, interactions and operations served.",
+        {200: "a FHIR R4 CapabilityStatement"}, PUBLIC_ERRORS, public=True),
+    ("GET", "/openapi.json"): Op(
+        "This OpenAPI document",
+        "Built from the running application's routes (twin.server.openapi).",
+        {200: "an OpenAPI 3.1 document"}, PUBLIC_ERRORS, result="OpenAPI", public=True),
+    ("POST", "/auth/realms/{realm}/protocol/openid-connect/token"): Op(
+        "Log in, or re-scope a token to a context (Keycloak stand-in)",
+        "OAuth 2.0 token endpoint of realm `nemlogin` (citizens) or `ehealth` (practitioners). "
+        "`grant_type=password` logs a seeded account in; `grant_type=refresh_token` with `organization_id`, "
+        "`care_team_id`, `patient_id`, `episode_of_care_id` returns a token scoped to that context if the user may "
+        "act there (a practitioner's care-team memberships, a citizen's own episodes), else 403 "
+        "`SECURITY_TOKEN_CONTEXT_NOT_ALLOWED`.",
+        {200: "an OIDC token response"}, (400, 401, 403, 404, 413, 415, 500), body="form", result="Token",
+        public=True),
+    ("POST", "/measurement/$submit-measurement"): Op(
+        "Submit a citizen's measurements (one submission)",
+        "FUT `$submit-measurement`: a `Parameters` whose `bundle` is a transaction of Observations and at most one "
+        "QuestionnaireResponse, validated whole and stored in one transaction with one Provenance; triage follows "
+        "asynchronously. A resubmission of the same entries answers 200 with the original locations and "
+        "`X-Twin-Duplicate: true`.",
+        {201: "stored: a transaction-response Bundle", 200: "already stored: the original locations"},
+        WRITE_ERRORS, body="Parameters", result="Bundle"),
+    ("GET", "/careplan/EpisodeOfCare"): Op(
+        "Search episodes of care",
+        "A citizen searches their own (`patient` = the token's patient); a practitioner their care team's roster "
+        "(`team` = the token's care team). FUT: a search must carry every context dimension of the token, else "
+        "403 `SECURITY_SEARCH_PARAM_NOT_MATCHING_TOKEN_CONTEXT`.",
+        {200: "a searchset Bundle of EpisodeOfCare"}, SEARCH_ERRORS,
+        (_ref_param("patient", "Patient", "the citizen (citizens must give their own)"),
+         _ref_param("team", "CareTeam", "the care team (practitioners must give the token's)"), STATUS, COUNT),
+        result="Bundle"),
+    ("GET", "/task/Task"): Op(
+        "The care team's worklist",
+        "Tasks for which the care team is responsible (`ehealth-task-responsible`), e.g. `status=ready&"
+        "_sort=-priority&_include=Task:focus`: red submissions first, each with its triage ClinicalImpression. "
+        "`responsible` must be the token's care team.",
+        {200: "a searchset Bundle of Task (and ClinicalImpression with _include)"}, SEARCH_ERRORS,
+        (_ref_param("responsible", "CareTeam", "the responsible care team (the token's)"), STATUS,
+         _ref_param("patient", "Patient", "only this citizen's Tasks"),
+         _ref_param("episodeOfCare", "EpisodeOfCare", "only this episode's Tasks"),
+         Param("_sort", "`-priority`: most urgent first", {"type": "string", "enum": ["-priority"]}),
+         Param("_include", "`Task:focus` adds each Task's focus", {"type": "string", "enum": ["Task:focus"]},
+               repeated=True), COUNT, OFFSET),
+        result="Bundle"),
+    ("GET", "/{service}/{type}/{id}"): Op(
+        "Read a resource by id",
+        "`GET {base}/{service}/{Type}/{id}` on the service that holds the type (FUT references are absolute URLs "
+        "of that form). A citizen reads their own data, a practitioner that of the token's care team "
+        "(else 403 `SECURITY_RESOURCE_NOT_MATCHING_TOKEN_CONTEXT`); the ETag is the version.",
+        {200: "the resource"}, READ_ERRORS),
+    ("POST", "/organization/Practitioner"): Op(
+        "Create a practitioner of the administrator's organisation (user management)",
+        "Organisation administrators only (`careteamAdministrator` membership in the token's organisation). "
+        "Creates the Practitioner and its login account in realm `ehealth`: username = the identifier of system "
+        "`urn:fut-twin:username`; password = extension `urn:fut-twin:StructureDefinition:initial-password` or "
+        "`twin`; account roles = extensions `urn:fut-twin:StructureDefinition:account-role` (valueCode). The "
+        "practitioner can act nowhere until a PractitionerRole adds them to a care team.",
+        {201: "the Practitioner created"}, WRITE_ERRORS, body="Practitioner",
+        example={"resourceType": "Practitioner",
+                 "identifier": [{"system": "urn:fut-twin:username", "value": "nurse-new-1"}],
+                 "name": [{"text": "Nurse New"}],
+                 "extension": [{"url": "urn:fut-twin:StructureDefinition:account-role",
+                                "valueCode": "monitoringAssistor"}]}),
+    ("POST", "/organization/PractitionerRole"): Op(
+        "Add a practitioner to a care team of the organisation",
+        "A membership: `practitioner`, the care team in extension "
+        "`http://ehealth.sundhed.dk/fhir/StructureDefinition/ehealth-ext-careteam`, one role `code` "
+        "(careteam-participant-role: monitoringAssistor, clinicalViewer or careteamAdministrator). Team and "
+        "practitioner must belong to the administrator's organisation (else 403 "
+        "`SECURITY_RESOURCE_NOT_MATCHING_TOKEN_CONTEXT`). The practitioner can re-scope to the team at once.",
+        {201: "the PractitionerRole created"}, WRITE_ERRORS, body="PractitionerRole",
+        example={"resourceType": "PractitionerRole",
+                 "extension": [{"url": "http://ehealth.sundhed.dk/fhir/StructureDefinition/ehealth-ext-careteam",
+                                "valueReference": {"reference": "CareTeam/ct-0"}}],
+                 "practitioner": {"reference": "Practitioner/pr-0-0"},
+                 "code": [{"coding": [{"system": "http://ehealth.sundhed.dk/cs/careteam-participant-role",
+                                       "code": "clinicalViewer"}]}]}),
+    ("GET", "/organization/PractitionerRole"): Op(
+        "List the memberships of the administrator's organisation",
+        "`organization` is mandatory and must be the token's organisation (FUT: searches carry the token's context).",
+        {200: "a searchset Bundle of PractitionerRole"}, SEARCH_ERRORS,
+        (_ref_param("organization", "Organization", "the token's organisation", required=True),
+         _ref_param("practitioner", "Practitioner", "only this practitioner's memberships"),
+         Param("role", "comma-separated careteam-participant-role codes"), COUNT, OFFSET),
+        result="Bundle"),
+    ("DELETE", "/organization/PractitionerRole/{id}"): Op(
+        "Remove a membership",
+        "Ends the practitioner's access to the care team at once: tokens scoped to it fail on the next request "
+        "that re-checks membership, and re-scoping to it is refused.",
+        {200: "an informational OperationOutcome"}, READ_ERRORS + (409,), result="OperationOutcome"),
+    ("GET", "/audit/AuditEvent"): Op(
+        "Search the audit trail (national auditor only)",
+        "One AuditEvent per patient touched per request (FUT §7): type `rest`, action C/R/U/D/E, the user and "
+        "the token's organisation as requestor, entities patient (role 1), resource (role 4, search parameters in "
+        "`query`, base64, CPR numbers masked) and trace id (role 21). Permission `AuditEvent.search` (role "
+        "`auditor`); anyone else 403.",
+        {200: "a searchset Bundle of AuditEvent"}, SEARCH_ERRORS,
+        (_ref_param("patient", "Patient", "only events about this citizen"), DATE,
+         Param("action", "comma-separated action codes: C R U D E"),
+         Param("_sort", "`date` (oldest first, the default) or `-date`", {"type": "string", "enum": ["date", "-date"]}),
+         COUNT, OFFSET),
+        result="Bundle"),
+}
+
+# -- schemas --------------------------------------------------------------------------------------
+
+_ERRORS = {400: ("BadRequest", "the request is malformed (an OperationOutcome names the problem)"),
+           401: ("Unauthorized", "no valid token (missing, malformed, wrong signature or realm, expired)"),
+           403: ("Forbidden", "the token lacks the permission, or the context does not match"),
+           404: ("NotFound", "no such resource, or no such path"),
+           409: ("Conflict", "conflicts with what is stored (duplicate, concurrent change)"),
+           412: ("PreconditionFailed", "If-Match names an older version"),
+           413: ("PayloadTooLarge", "the body or the transaction is too large"),
+           415: ("UnsupportedMediaType", "the content type is not accepted"),
+           422: ("Unprocessable", "well-formed, but breaks a business rule of FUT"),
+           500: ("ServerError", "an unexpected failure (a bug: never a client mistake)")}
+
+
+def _components() -> dict:
+    resource = {"type": "object", "required": ["resourceType"],
+                "properties": {"resourceType": {"type": "string"}, "id": {"type": "string"}},
+                "additionalProperties": True}
+    outcome = {"type": "object", "required": ["resourceType", "issue"], "additionalProperties": True,
+               "properties": {
+                   "resourceType": {"const": "OperationOutcome"},
+                   "issue": {"type": "array", "minItems": 1, "items": {
+                       "type": "object", "required": ["severity", "code"], "additionalProperties": True,
+                       "properties": {
+                           "severity": {"enum": ["fatal", "error", "warning", "information"]},
+                           "code": {"type": "string"},
+                           "diagnostics": {"type": "string"},
+                           "details": {"type": "object", "properties": {
+                               "text": {"type": "string"},
+                               "coding": {"type": "array", "items": {"type": "object", "properties": {
+                                   "system": {"type": "string"}, "code": {"type": "string"}}}}}}}}}}}
+    bundle = {"type": "object", "required": ["resourceType", "type"], "additionalProperties": True,
+              "properties": {"resourceType": {"const": "Bundle"}, "type": {"type": "string"},
+                             "total": {"type": "integer", "minimum": 0},
+                             "link": {"type": "array", "items": {"type": "object"}},
+                             "entry": {"type": "array", "items": {"type": "object"}}}}
+    token = {"type": "object", "required": ["access_token", "refresh_token", "token_type", "expires_in"],
+             "properties": {"access_token": {"type": "string"}, "refresh_token": {"type": "string"},
+                            "token_type": {"const": "Bearer"}, "expires_in": {"type": "integer"},
+                            "refresh_expires_in": {"type": "integer"}, "scope": {"type": "string"}}}
+    form = {"type": "object", "required": ["grant_type"], "properties": {
+        "grant_type": {"enum": ["password", "refresh_token"]},
+        "username": {"type": "string"}, "password": {"type": "string"}, "client_id": {"type": "string"},
+        "refresh_token": {"type": "string"},
+        **{k: {"type": "string", "description": f"re-scope: the {t} id or URL"} for k, t in auth.CONTEXT_TYPES.items()}}}
+    health = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}},
+              "additionalProperties": True}
+    patch = {"type": "array", "items": {"type": "object", "required": ["op", "path"], "properties": {
+        "op": {"enum": ["add", "remove", "replace", "move", "copy", "test"]}, "path": {"type": "string"},
+        "from": {"type": "string"}, "value": {}}}}
+    schemas = {"Resource": resource, "OperationOutcome": outcome, "Bundle": bundle, "Token": token,
+               "TokenRequest": form, "Health": health, "OpenAPI": {"type": "object", "required": ["openapi"]},
+               "JSONPatch": patch}
+    responses = {name: {"description": text, "content": {FHIR_JSON: {"schema": {"$ref": "#/components/schemas/"
+                                                                                        "OperationOutcome"}}}}
+                 for name, text in _ERRORS.values()}
+    responses["Unauthorized"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"},
+                                                                 "description": "always `Bearer`"}}
+    return {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                                               "description": "an access token from the token endpoint"}},
+            "schemas": schemas, "responses": responses}
+
+
+def _path_params(path: str) -> list[dict]:
+    """Starlette's ``{name}`` / ``{name:convertor}`` segments as OpenAPI path parameters."""
+    schemas = {"service": {"type": "string", "enum": sorted(set(SERVICE_OF.values()))},
+               "type": {"type": "string", "enum": sorted(SERVICE_OF)},
+               "realm": {"type": "string", "enum": list(auth.REALMS)}}
+    return [{"name": name, "in": "path", "required": True,
+             "schema": schemas.get(name, {"type": "string", "pattern": ID_PATTERN})}
+            for name in re.findall(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[a-z]+)?}", path)]
+
+
+def _operation(method: str, path: str, op: Op | None) -> dict:
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", path).strip("_") or "root"
+    segments = [s for s in path.split("/") if s]
+    tag = segments[0] if segments and not segments[0].startswith("{") else "fhir"
+    out: dict = {"operationId": f"{method.lower()}_{slug}", "tags": [tag]}
+    params = _path_params(path)
+    if op is None:
+        out.update(summary=f"{method} {path}", description="Not yet described in twin.server.openapi.OPERATIONS.",
+                   responses={"default": {"description": "see the route's module"}})
+        out["x-twin-undocumented"] = True
+        if params:
+            out["parameters"] = params
+        return out
+    out["summary"], out["description"] = op.summary, op.description
+    for p in op.query:
+        schema = {"type": "array", "items": p.schema} if p.repeated else p.schema
+        params.append({"name": p.name, "in": "query", "required": p.required, "description": p.description,
+                       "schema": schema, **({"explode": True, "style": "form"} if p.repeated else {})})
+    if params:
+        out["parameters"] = params
+    if op.body == "form":
+        out["requestBody"] = {"required": True, "content": {"application/x-www-form-urlencoded": {
+            "schema": {"$ref": "#/components/schemas/TokenRequest"}}}}
+    elif op.body == "JSONPatch":
+        out["requestBody"] = {"required": True, "content": {JSON_PATCH: {
+            "schema": {"$ref": "#/components/schemas/JSONPatch"}}}}
+    elif op.body is not None:
+        schema = {"allOf": [{"$ref": "#/components/schemas/Resource"},
+                            {"type": "object", "properties": {"resourceType": {"const": op.body}}}]}
+        media: dict = {"schema": schema}
+        if op.example is not None:
+            media["example"] = op.example
+        out["requestBody"] = {"required": True, "description": f"a FHIR {op.body} resource",
+                              "content": {FHIR_JSON: media}}
+    responses: dict = {}
+    for status, text in op.ok.items():
+        media_type = "application/json" if op.result in ("Token", "Health", "OpenAPI") else FHIR_JSON
+        responses[str(status)] = {"description": text} if op.result == "None" else {
+            "description": text, "content": {media_type: {"schema": {"$ref": f"#/components/schemas/{op.result}"}}}}
+    for status in op.errors:
+        responses[str(status)] = {"$ref": f"#/components/responses/{_ERRORS[status][0]}"}
+    out["responses"] = responses
+    if op.public:
+        out["security"] = []
+    return out
+
+
+def served(routes) -> list[tuple[str, str]]:
+    """``(method, path)`` of every route the app serves (HEAD, which Starlette adds to GET, left out)."""
+    found = []
+    for route in routes:
+        if isinstance(route, Route):
+            found += [(m, route.path) for m in sorted(route.methods or ()) if m != "HEAD"]
+        else:  # a Mount or a WebSocket route: not described by this module, so it must be noticed
+            found.append(("?", getattr(route, "path", repr(route))))
+    return found
+
+
+def undocumented(routes) -> list[tuple[str, str]]:
+    """Routes the app serves that :data:`OPERATIONS` has no entry for."""
+    return [key for key in served(routes) if key not in OPERATIONS]
+
+
+def unserved(routes) -> list[tuple[str, str]]:
+    """Entries of :data:`OPERATIONS` for routes the app does not serve (stale descriptions)."""
+    live = set(served(routes))
+    return [key for key in OPERATIONS if key not in live]
+
+
+def build(routes, base_url: str) -> dict:
+    """The OpenAPI 3.1 document of ``routes`` (a Starlette app's ``app.routes``)."""
+    paths: dict[str, dict] = {}
+    for method, path in served(routes):
+        if method == "?":
+            continue
+        oas_path = re.sub(r"{([A-Za-z_][A-Za-z0-9_]*):[a-z]+}", r"{\1}", path)
+        paths.setdefault(oas_path, {})[method.lower()] = _operation(method, path, OPERATIONS.get((method, path)))
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": "FUT twin API", "version": twin.__version__,
+                 "description": "A faithful subset of Denmark's national telemedicine infrastructure (FUT) as one "
+                                "FHIR R4 service: Keycloak-style tokens, the patient, careplan, measurement, task and "
+                                "organization services, and the audit trail. See docs/API.md."},
+        "servers": [{"url": base_url}],
+        "security": [{"bearerAuth": []}],
+        "tags": [{"name": t} for t in sorted({op["tags"][0] for ops in paths.values() for op in ops.values()})],
+        "paths": paths,
+        "components": _components(),
+    }
+
+
+async def endpoint(request: Request) -> Response:
+    """``GET /openapi.json``: built on first use and kept (the routes do not change while running)."""
+    app = request.app
+    document = getattr(app.state, "openapi", None)
+    if document is None:
+        document = build(app.routes, app.state.service.settings.base_url)
+        app.state.openapi = document
+    return JSONResponse(document)
