@@ -145,7 +145,7 @@ def bench_twin(kind: str, tmp: Path, args) -> dict:
     base, host = f"http://127.0.0.1:{port}", f"127.0.0.1:{port}"
     database = fresh_database(kind, tmp, name)
     seeded = seed(load_scenario(ROOT / "scenarios" / "pilot-1000.toml"), database, base)
-    env = {**os.environ, "TWIN_SECRET": SECRET}
+    env = {**os.environ, "TWIN_SECRET": SECRET, "TWIN_NIGHTLY_JOBS": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "twin.cli", "serve", "--database", database, "--port", str(port),
                              "--base-url", base], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)

@@ -56,7 +56,7 @@ async def _pg(sql: str) -> None:
 
 def start_server(kind: str, database: str, port: int) -> Server:
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "TWIN_SECRET": SECRET}
+    env = {**os.environ, "TWIN_SECRET": SECRET, "TWIN_NIGHTLY_JOBS": "0"}  # tests run the nightly job themselves
     proc = subprocess.Popen([sys.executable, "-m", "twin.cli", "serve", "--database", database, "--port", str(port),
                              "--base-url", base, "--log-level", "error"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

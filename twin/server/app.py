@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -35,24 +34,14 @@ from twin.server import fhir_resources as fr
 from twin.server.errors import FhirError, outcome_response
 from twin.server.service import SERVICE_OF, Service, fhir_response
 from twin.server.settings import Settings
+from twin.server.storage import INTEGRITY_ERRORS
 
 log = logging.getLogger("twin.server")
 ROUTE_MODULES = (routes_auth, routes_measurement, routes_careplan, routes_task, routes_patient, routes_organization,
                  routes_audit)  # all before the generic read
 
 
-def _integrity_errors() -> tuple[type[Exception], ...]:
-    errors: list[type[Exception]] = [sqlite3.IntegrityError]
-    try:
-        import asyncpg
 
-        errors.append(asyncpg.UniqueViolationError)
-    except ImportError:  # pragma: no cover - asyncpg is a dependency
-        pass
-    return tuple(errors)
-
-
-INTEGRITY_ERRORS = _integrity_errors()
 
 
 def guarded(handler, retry_on_conflict: bool = False):

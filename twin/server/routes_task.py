@@ -132,12 +132,15 @@ async def store_new_version(tx: Tx, row: Row, body: dict, now: str, status: str 
     """Store ``body`` as the next version of ``row`` (meta and the ``status`` search column follow).
 
     ``Tx.update`` writes only if the stored version is still ``row.version``; reading the row back
-    tells whether it did. On PostgreSQL a concurrent PATCH that committed between our read and our
+    tells whether it did (``meta.source`` makes each written body unique). On PostgreSQL a concurrent PATCH that committed between our read and our
     write leaves our UPDATE matching nothing — that is a lost race, answered 412 like a stale
     If-Match, and this transaction is rolled back by the raised error.
     """
     version = row.version + 1
-    body["meta"] = {**(body.get("meta") or {}), "versionId": str(version), "lastUpdated": now}
+    # meta.source names the request that wrote a version (HAPI writes "#<request id>" too); being
+    # unique it also makes the read-back below exact when two writers computed the same body.
+    body["meta"] = {**(body.get("meta") or {}), "versionId": str(version), "lastUpdated": now,
+                    "source": f"#{uuid.uuid4().hex[:16]}"}
     new = Row(row.type, row.id, version, now, row.patient, row.episode, row.team, row.org, status, row.code,
               row.effective, row.priority, row.ident, json.dumps(body))
     await tx.update(new)

@@ -85,7 +85,7 @@ class Service:
         self.storage = Storage.connect(settings.database)
         self.tokens = auth.TokenService(auth.derive_keys(settings.secret), self.refs.url,
                                         issuer=f"{settings.base_url}/auth")
-        self.triage = TriageWorker(self.storage, self.refs)
+        self.triage = TriageWorker(self.storage, self.refs, nightly_jobs=settings.nightly_jobs)
 
     def claims(self, request: Request, realm: str | None = None) -> auth.Claims:
         header = request.headers.get("authorization", "")

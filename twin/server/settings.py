@@ -8,6 +8,7 @@
 | public base URL | ``--base-url`` | ``TWIN_BASE_URL`` | ``http://<host>:<port>`` |
 | token signing secret | — | ``TWIN_SECRET`` | generated at start (shared with the workers) |
 | max request body | — | ``TWIN_MAX_BODY_BYTES`` | 1 MiB |
+| nightly missing-measurement job | — | ``TWIN_NIGHTLY_JOBS`` (1/0) | on |
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ import secrets
 from dataclasses import dataclass
 
 from twin.validation import ScenarioError
+
+
+def _flag(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
 
 
 class SettingsError(ScenarioError):
@@ -32,6 +41,7 @@ class Settings:
     base_url: str = ""
     secret: str = ""
     max_body_bytes: int = 1_048_576
+    nightly_jobs: bool = True
 
     def __post_init__(self) -> None:
         if not self.database.startswith(("sqlite:///", "postgresql://", "postgres://")):
@@ -68,10 +78,11 @@ class Settings:
         return cls(database=pick("database", "TWIN_DATABASE"), host=pick("host", "TWIN_HOST"),
                    port=pick("port", "TWIN_PORT", int), workers=pick("workers", "TWIN_WORKERS", int),
                    base_url=pick("base_url", "TWIN_BASE_URL"), secret=pick("secret", "TWIN_SECRET"),
-                   max_body_bytes=pick("max_body_bytes", "TWIN_MAX_BODY_BYTES", int))
+                   max_body_bytes=pick("max_body_bytes", "TWIN_MAX_BODY_BYTES", int),
+                   nightly_jobs=pick("nightly_jobs", "TWIN_NIGHTLY_JOBS", _flag))
 
     def to_env(self) -> dict[str, str]:
         """What worker processes need to rebuild the same settings."""
         return {"TWIN_DATABASE": self.database, "TWIN_HOST": self.host, "TWIN_PORT": str(self.port),
                 "TWIN_WORKERS": str(self.workers), "TWIN_BASE_URL": self.base_url, "TWIN_SECRET": self.secret,
-                "TWIN_MAX_BODY_BYTES": str(self.max_body_bytes)}
+                "TWIN_MAX_BODY_BYTES": str(self.max_body_bytes), "TWIN_NIGHTLY_JOBS": "1" if self.nightly_jobs else "0"}

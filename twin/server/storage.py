@@ -69,6 +69,7 @@ SCHEMA = [
     # The worklist: a team's ready Tasks by -priority, oldest first, read from the index in order.
     "CREATE INDEX IF NOT EXISTS resources_worklist ON resources (type, team, status, priority DESC, last_updated)",
     "CREATE UNIQUE INDEX IF NOT EXISTS resources_ident ON resources (type, ident)",
+    "CREATE INDEX IF NOT EXISTS resources_effective ON resources (type, effective)",  # the nightly job's day scan
     """CREATE TABLE IF NOT EXISTS outbox (
         id TEXT PRIMARY KEY, kind TEXT NOT NULL, payload TEXT NOT NULL, created TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS audit (
@@ -79,6 +80,8 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS accounts (
         username TEXT PRIMARY KEY, realm TEXT NOT NULL, user_type TEXT NOT NULL, user_id TEXT NOT NULL,
         roles TEXT NOT NULL, password_hash TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS jobs (
+        name TEXT NOT NULL, day TEXT NOT NULL, ran_at TEXT NOT NULL, PRIMARY KEY (name, day))""",
     """CREATE TABLE IF NOT EXISTS memberships (
         practitioner TEXT NOT NULL, care_team TEXT NOT NULL, org TEXT NOT NULL, role TEXT NOT NULL,
         PRIMARY KEY (practitioner, care_team, role))""",
@@ -334,3 +337,18 @@ class PostgresStorage(Storage):
 
 
 ROW_FIELDS = tuple(f.name for f in fields(Row))
+
+
+def _integrity_errors() -> tuple[type[Exception], ...]:
+    errors: list[type[Exception]] = [sqlite3.IntegrityError]
+    try:
+        import asyncpg
+
+        errors.append(asyncpg.UniqueViolationError)
+    except ImportError:  # pragma: no cover - asyncpg is a dependency
+        pass
+    return tuple(errors)
+
+
+INTEGRITY_ERRORS = _integrity_errors()
+"""Unique-index violations of either driver: a concurrent writer got there first."""

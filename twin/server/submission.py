@@ -217,6 +217,11 @@ def measurement_of(resource: dict) -> str | None:
     return m.name if m else None
 
 
+def _utc(value: str) -> str:
+    """The effective-time column holds UTC (``…+00:00``), so times compare as text on both databases."""
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.UTC).isoformat()
+
+
 def store_rows(plan: Plan, refs, now: str) -> tuple[list[Row], list[str]]:
     """Rows for the submitted resources plus their Provenance; returns rows and response locations."""
     ids = {e["fullUrl"]: str(uuid.uuid4()) for e in plan.entries}
@@ -232,7 +237,7 @@ def store_rows(plan: Plan, refs, now: str) -> tuple[list[Row], list[str]]:
         for full, url in urls.items():  # references between co-submitted resources become absolute URLs
             if full in text:  # (the identifier keeps the client's urn:uuid: it is the idempotency key)
                 text = text.replace(f'"reference":"{full}"', f'"reference":"{url}"')
-        effective = r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start") or r.get("authored")
+        effective = _utc(r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start") or r.get("authored"))
         code = ((r.get("code") or {}).get("coding") or [{}])[0].get("code")
         rows.append(Row(r["resourceType"], id_, 1, now, plan.patient_id, plan.episode_id, plan.team_id, plan.org_id,
                         r.get("status"), code, effective, None, ident, text))

@@ -23,6 +23,7 @@ import uuid
 from twin.rules import triage_session
 from twin.server import fhir_resources as fr
 from twin.server import jsonfast
+from twin.server.missing_job import run_missing_measurement_job
 from twin.server.storage import Filter, Row, Storage, Tx
 from twin.server.submission import measurement_of
 
@@ -90,8 +91,9 @@ async def _question_rules(tx: Tx, refs, q_ref: str, cache: dict) -> list:
 
 
 class TriageWorker:
-    def __init__(self, storage: Storage, refs) -> None:
-        self.storage, self.refs = storage, refs
+    def __init__(self, storage: Storage, refs, nightly_jobs: bool = False) -> None:
+        self.storage, self.refs, self.nightly_jobs = storage, refs, nightly_jobs
+        self.last_job_day: dt.date | None = None
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.triaged = 0
@@ -121,10 +123,21 @@ class TriageWorker:
             if not pending:
                 return done
 
+    async def _nightly(self) -> None:
+        """Yesterday's missing-measurement job, once per UTC day (the database stops a second run)."""
+        yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+        if self.last_job_day != yesterday:
+            self.last_job_day = yesterday
+            created = await run_missing_measurement_job(self.storage, self.refs, yesterday)
+            if created is not None:
+                log.info("missing-measurement job for %s: %d tasks", yesterday, created)
+
     async def _run(self) -> None:
         while True:
             try:
                 await self.drain()
+                if self.nightly_jobs:
+                    await self._nightly()
             except asyncio.CancelledError:
                 raise
             except Exception:  # keep the worker alive; the row stays in the outbox and is retried
