@@ -214,7 +214,11 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
     scenario = load_scenario(args.scenario)
     settings = Settings.from_env(database=args.database, base_url=args.base_url)
-    summary = seed(scenario, settings.database, settings.base_url)
+    try:
+        summary = seed(scenario, settings.database, settings.base_url)
+    except (ValueError, OSError) as exc:
+        print(f"twin seed: {exc}", file=sys.stderr)
+        return 2
     print(f"seeded {settings.database}: {summary.citizens} citizens, {summary.care_teams} care teams, "
           f"{summary.practitioners} practitioners, {summary.organizations} organisations, {summary.resources} resources, "
           f"{summary.accounts} accounts in {summary.wall_s} s (password for every seeded account: twin)")
@@ -282,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ScenarioError as exc:
-        print(f"twin: scenario error: {exc}", file=sys.stderr)
+        kind = "setting" if type(exc).__name__ == "SettingsError" else "scenario"
+        print(f"twin: {kind} error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("twin: interrupted; no results written", file=sys.stderr)

@@ -16,7 +16,7 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.parameters import Parameters
 
-from tests.server.test_api import TOKEN_PATH, bearer, login, outcome, rescope, submission
+from tests.server.test_api import bearer, login, outcome, rescope, submission
 from twin.server import auth
 
 WEEK = dt.date(2025, 3, 3)  # a Monday
@@ -466,4 +466,3 @@ def test_reads_need_a_token(server):
         outcome(c.post("/careplan/$get-patient-procedures", json={"resourceType": "Parameters"}), 401,
                 "SECURITY_TOKEN_MISSING")
         outcome(c.get("/measurement/$search-measurements"), 405, "REQUEST_METHOD_NOT_ALLOWED")
-        assert TOKEN_PATH  # the token endpoint the fixtures log in at

@@ -156,7 +156,7 @@ class LostRace(FhirError):
     """Another request stored a new version between our read and our write."""
 
 
-LOST_RACE_RETRIES = 3
+LOST_RACE_RETRIES = 8  # each loss means another writer got through: n writers need at most n tries
 
 
 async def with_retry_on_lost_race(request: Request, work):
