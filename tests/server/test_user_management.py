@@ -239,9 +239,8 @@ def test_removing_the_membership_ends_access_at_once(server):
         assert rescope(c, "ehealth", nurse_tokens, care_team_id=w.a.team)["access_token"]
 
 
-@pytest.mark.xfail(strict=False, reason="routes_task does not call Service.require_membership yet (another "
-                                        "engineer's module): a removed nurse's live token still reads the worklist")
 def test_removed_nurse_cannot_read_the_worklist_with_a_live_token(server):
+    """The task service re-checks membership too (``Service.require_membership``)."""
     w = world()
     with server.client() as c:
         admin = admin_token(c, w.a)
@@ -360,5 +359,12 @@ def test_who_may_manage_users(server):
                       headers=bearer(admin)), 400, "SEARCH_INVALID_COUNT")
         outcome(c.delete("/organization/PractitionerRole/prr-unknown", headers=bearer(admin)), 404,
                 "RESOURCE_NOT_FOUND")
+        # The organisation's last administrator membership stays (nobody could manage the staff after it).
+        admins = c.get("/organization/PractitionerRole", params={"organization": w.a.org,
+                                                                 "role": "careteamAdministrator"},
+                       headers=bearer(admin)).json()
+        assert admins["total"] == 1  # pilot-100: one team per organisation, one administrator
+        outcome(c.delete(f"/organization/PractitionerRole/{admins['entry'][0]['resource']['id']}",
+                         headers=bearer(admin)), 409, "ORGANIZATION_LAST_ADMINISTRATOR")
         outcome(c.post("/organization/Practitioner", content=b"{", headers=bearer(admin)), 400,
                 "REQUEST_MALFORMED_JSON")

@@ -87,6 +87,8 @@ def create_app(settings: Settings) -> Starlette:
     async def metadata(request: Request) -> Response:
         resources = {t: ["read", "search-type"] for t in SERVICE_OF}
         resources["Task"] = ["read", "search-type", "patch"]
+        resources["ClinicalImpression"] = ["read", "search-type", "create"]
+        resources["Communication"] = ["read", "search-type", "create", "patch"]
         return fhir_response(fr.capability_statement(settings.base_url, resources,
                                                      ["$submit-measurement", "$get-patient-procedures",
                                                       "$search-measurements"]))

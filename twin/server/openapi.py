@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 import twin
 from twin.server import auth
@@ -54,6 +54,7 @@ class Param:
     schema: dict = field(default_factory=lambda: {"type": "string"})
     required: bool = False
     repeated: bool = False  # ``date=ge…&date=lt…``: an array, one value per occurrence
+    where: str = "query"  # or "header"
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ STATUS = Param("status", "comma-separated status codes (any of them matches)")
 DATE = Param("date", "`[eq|ge|gt|le|lt]YYYY-MM-DD[Thh:mm[:ss[.sss]][Z|±hh:mm]]`; a day means the whole Danish "
                      "day; repeat for a range", {"type": "string", "pattern": r"^(eq|ge|gt|le|lt)?\d{4}-\d{2}-\d{2}"},
              repeated=True)
+IF_MATCH = Param("If-Match", 'optimistic concurrency: `W/"<version>"` (the ETag of the read); a stale one is 412',
+                 where="header")
 PUBLIC_ERRORS = (500,)
 READ_ERRORS = (400, 401, 403, 404, 500)
 SEARCH_ERRORS = (400, 401, 403, 500)
@@ -123,6 +126,70 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "`X-Twin-Duplicate: true`.",
         {201: "stored: a transaction-response Bundle", 200: "already stored: the original locations"},
         WRITE_ERRORS, body="Parameters", result="Bundle"),
+    ("POST", "/measurement/$search-measurements"): Op(
+        "A citizen's submissions, one nested Bundle per submission",
+        "FUT `$search-measurements`: `Parameters{patient | episodeOfCare, start XOR end | period, count}`. A "
+        "`collection` Bundle of `collection` Bundles, one per submission (its Observations, QuestionnaireResponse, "
+        "the Questionnaire answered, the Provenance), selected by Provenance.recorded.",
+        {200: "a collection Bundle"}, WRITE_ERRORS, body="Parameters", result="Bundle"),
+    ("POST", "/measurement/$search-measurements-bundle-limit"): Op(
+        "A citizen's submissions, at most `count` of them",
+        "FUT `$search-measurements-bundle-limit`: as `$search-measurements` with `start` or `end` and a required "
+        "`count` (1-100).",
+        {200: "a collection Bundle"}, WRITE_ERRORS, body="Parameters", result="Bundle"),
+    ("GET", "/measurement/Observation"): Op(
+        "Search observations of one citizen or episode",
+        "How a clinician's app draws a graph of one measurement type. `subject`/`patient` or `episodeOfCare` is "
+        "required (400 `GENERAL_SUBJECT_AND_CONTEXT_NOT_PROVIDED`) and must lie in the token's context; unknown "
+        "parameters are a 400 `SEARCH_UNKNOWN_PARAMETER`.",
+        {200: "a searchset Bundle of Observation"}, SEARCH_ERRORS,
+        (_ref_param("subject", "Patient", "the citizen"), _ref_param("patient", "Patient", "the citizen"),
+         _ref_param("episodeOfCare", "EpisodeOfCare", "the episode"),
+         Param("code", "tokens `system|code`, `code` or `system|`; comma = or; repeat = and", repeated=True),
+         DATE, Param("_sort", "`date` or `-date`", {"type": "string", "enum": ["date", "-date"]}), COUNT, OFFSET),
+        result="Bundle"),
+    ("POST", "/careplan/$get-patient-procedures"): Op(
+        "The citizen's to-do list: ServiceRequests resolved into timing slots",
+        "FUT `$get-patient-procedures`: `Parameters{patient, start, end}` (optionally `episodeOfCare`, `extra`), "
+        "at most 31 days. A `collection` Bundle with the CarePlans and ServiceRequests involved and one Parameters "
+        "whose `item_n` rows are the slots, with the measurements already submitted in each.",
+        {200: "a collection Bundle"}, WRITE_ERRORS, body="Parameters", result="Bundle"),
+    ("PATCH", "/task/Task/{id}"): Op(
+        "Claim, complete or annotate a Task (JSON Patch)",
+        "`/status` along the task state machine, `/owner` (only to the caller), `/note`. A nurse claims a Task by "
+        "setting owner to herself and status `in-progress`, and completes it after her assessment.",
+        {200: "the Task, new version"}, READ_ERRORS + (409, 412, 413, 415, 422), (IF_MATCH,), body="JSONPatch"),
+    ("GET", "/task/ClinicalImpression"): Op(
+        "Search triage results and assessments",
+        "ClinicalImpressions (`TriagingResult`, `MeasurementAssessment`) of a citizen or episode in the token's "
+        "context.",
+        {200: "a searchset Bundle of ClinicalImpression"}, SEARCH_ERRORS,
+        (_ref_param("patient", "Patient", "the citizen"), _ref_param("episodeOfCare", "EpisodeOfCare", "the episode"),
+         Param("code", "comma-separated codes (`TriagingResult`, `MeasurementAssessment`)"), STATUS, COUNT, OFFSET),
+        result="Bundle"),
+    ("POST", "/task/ClinicalImpression"): Op(
+        "Record a nurse's assessment of a submission",
+        "A ClinicalImpression `MeasurementAssessment` whose `previous` is the triage ClinicalImpression, with the "
+        "decision extension (`approved` or `approved-for-sharing`).",
+        {201: "the ClinicalImpression created"}, WRITE_ERRORS + (404,), body="ClinicalImpression"),
+    ("GET", "/patient/Communication"): Op(
+        "Search messages",
+        "A conversation about a citizen (`patient`) or an inbox (`recipient`: the citizen's own, a care team's, a "
+        "practitioner's), newest first; one of the two is mandatory.",
+        {200: "a searchset Bundle of Communication"}, SEARCH_ERRORS,
+        (_ref_param("patient", "Patient", "the citizen the messages are about"),
+         Param("recipient", "`Patient/{id}`, `Practitioner/{id}` or `CareTeam/{id}`"), STATUS, COUNT, OFFSET),
+        result="Bundle"),
+    ("POST", "/patient/Communication"): Op(
+        "Send a message",
+        "FUT ehealth-message: a citizen writes to their care team (extension recipientCareTeam), a practitioner to "
+        "a citizen of the token's team.",
+        {201: "the Communication created"}, WRITE_ERRORS + (404,), body="Communication"),
+    ("PATCH", "/patient/Communication/{id}"): Op(
+        "Mark a message read (JSON Patch of /status to completed)",
+        "Only a recipient of the message may mark it read.",
+        {200: "the Communication, new version"}, READ_ERRORS + (409, 412, 413, 415, 422), (IF_MATCH,),
+        body="JSONPatch"),
     ("GET", "/careplan/EpisodeOfCare"): Op(
         "Search episodes of care",
         "A citizen searches their own (`patient` = the token's patient); a practitioner their care team's roster "
@@ -294,7 +361,7 @@ def _operation(method: str, path: str, op: Op | None) -> dict:
     out["summary"], out["description"] = op.summary, op.description
     for p in op.query:
         schema = {"type": "array", "items": p.schema} if p.repeated else p.schema
-        params.append({"name": p.name, "in": "query", "required": p.required, "description": p.description,
+        params.append({"name": p.name, "in": p.where, "required": p.required, "description": p.description,
                        "schema": schema, **({"explode": True, "style": "form"} if p.repeated else {})})
     if params:
         out["parameters"] = params
@@ -347,14 +414,38 @@ def unserved(routes) -> list[tuple[str, str]]:
     return [key for key in OPERATIONS if key not in live]
 
 
+def _routing(routes) -> dict[str, dict[str, str]]:
+    """OpenAPI path → {method → the path of the route that serves it}, as Starlette routes.
+
+    Mostly a route's own path and methods; but a concrete path can also reach a more general route
+    for another method — ``GET /task/Task/{id}`` is the generic read ``/{service}/{type}/{id}``,
+    though ``/task/Task/{id}`` itself is only PATCH — and a client (or a fuzzer checking that
+    undocumented methods answer 405) must see that too. So each path is tried, with sample values,
+    for every method the app serves, against the routes in Starlette's order."""
+    table: dict[str, dict[str, str]] = {}
+    for method, path in served(routes):
+        if method != "?":
+            table.setdefault(re.sub(r"{([A-Za-z_][A-Za-z0-9_]*):[a-z]+}", r"{\1}", path), {})[method] = path
+    methods = {m for entry in table.values() for m in entry}
+    for oas_path, entry in table.items():
+        if "{" not in oas_path:
+            continue
+        sample = re.sub(r"{[^}]+}", "x", oas_path)
+        for method in sorted(methods - set(entry)):
+            scope = {"type": "http", "path": sample, "method": method}
+            target = next((r for r in routes if isinstance(r, Route) and r.matches(scope)[0] == Match.FULL), None)
+            if target is not None:
+                entry[method] = target.path
+    return table
+
+
 def build(routes, base_url: str) -> dict:
     """The OpenAPI 3.1 document of ``routes`` (a Starlette app's ``app.routes``)."""
     paths: dict[str, dict] = {}
-    for method, path in served(routes):
-        if method == "?":
-            continue
-        oas_path = re.sub(r"{([A-Za-z_][A-Za-z0-9_]*):[a-z]+}", r"{\1}", path)
-        paths.setdefault(oas_path, {})[method.lower()] = _operation(method, path, OPERATIONS.get((method, path)))
+    for oas_path, entry in _routing(routes).items():
+        for method, route_path in sorted(entry.items()):
+            paths.setdefault(oas_path, {})[method.lower()] = _operation(method, oas_path,
+                                                                        OPERATIONS.get((method, route_path)))
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": "FUT twin API", "version": twin.__version__,

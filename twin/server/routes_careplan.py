@@ -63,7 +63,7 @@ def forbidden_search(what: str) -> FhirError:
 
 
 _INSTANT = re.compile(r"(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})(?:T(?P<H>\d{2}):(?P<M>\d{2})"
-                      r"(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,9}))?)?(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?")
+                      r"(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,9}))?)?(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?", re.ASCII)
 _LATEST = dt.datetime.max.replace(tzinfo=UTC)
 
 
@@ -115,8 +115,8 @@ def storage_instant(t: dt.datetime) -> str:
     in time order: ``2025-03-03T08:00:00+00:00``, with ``.mmm`` only when there is a fraction.
 
     Seconds-only and millisecond forms interleave correctly (``'+' < '.'``: ``…:00+00:00`` sorts
-    before ``…:00.5+00:00``); a value stored with another offset or ``Z`` does not, which is why the
-    stored column must be UTC (see :mod:`twin.server.submission`)."""
+    before ``…:00.5+00:00``); a value stored with another offset or ``Z`` does not, so the column
+    is only searchable by text when :func:`twin.server.submission.store_rows` writes it in UTC."""
     t = t.astimezone(UTC)
     return t.isoformat(timespec="milliseconds" if t.microsecond else "seconds")
 

@@ -22,7 +22,8 @@ in step in one transaction: the ``PractitionerRole`` resource (compartments orga
 the row of the ``memberships`` table that the token endpoint and
 :meth:`~twin.server.service.Service.require_membership` read, and the entry in the stored
 ``CareTeam.participant``. Removing it ends access at once: tokens already scoped to that team fail
-on the next request that re-checks membership.
+on the next request that re-checks membership. The last ``careteamAdministrator`` membership of an
+organisation cannot be removed (409): nobody would be left to manage its staff, or to undo it.
 
 | method and path | permission | what |
 |---|---|---|
@@ -358,6 +359,13 @@ async def delete_role(self: Service, request: Request) -> Response:
         practitioner_id, team_id, member_org, role = membership
         if member_org != org:
             raise _not_ours("PractitionerRole", id_)
+        if role == ADMIN_ROLE and not await tx.fetch(
+                "SELECT 1 FROM memberships WHERE org = ? AND role = ? AND NOT (practitioner = ? AND care_team = ?) "
+                "LIMIT 1", (org, ADMIN_ROLE, practitioner_id, team_id)):
+            # nobody would be left to manage the organisation's staff (nor to undo this)
+            raise FhirError(409, "ORGANIZATION_LAST_ADMINISTRATOR",
+                            f"PractitionerRole/{id_} is the last {ADMIN_ROLE} membership of Organization/{org}; "
+                            "add another administrator first", "business-rule")
         await tx.execute("DELETE FROM memberships WHERE practitioner = ? AND care_team = ? AND role = ?",
                          (practitioner_id, team_id, role))
         await tx.execute("DELETE FROM resources WHERE type = ? AND id = ?", ("PractitionerRole", id_))

@@ -97,6 +97,18 @@ def recipients(refs, message: dict) -> set[tuple[str, str]]:
     return out
 
 
+def _named_recipients(self: Service, body: dict) -> set[tuple[str, str]]:
+    """The recipients a new message names, strictly: a malformed one is refused, not ignored."""
+    given = body.get("recipient", [])
+    if not isinstance(given, list):
+        raise unprocessable("COMMUNICATION_INVALID_RECIPIENT", "recipient must be a list of References")
+    named = {body_reference(self.refs, r, ("Patient", "Practitioner"), f"recipient[{k}]") for k, r in enumerate(given)}
+    ext = _extension(body, fr.EXT_RECIPIENT_CARETEAM)
+    if ext is not None:
+        named.add(body_reference(self.refs, ext.get("valueReference"), ("CareTeam",), "recipientCareTeam"))
+    return named
+
+
 def _message_text(body: dict) -> str:
     payload = body.get("payload")
     if not isinstance(payload, list) or not payload:
@@ -167,12 +179,13 @@ async def create_message(self: Service, request: Request) -> Response:
     if body.get("subject") is None:
         raise unprocessable("COMMUNICATION_SUBJECT_MISSING", "a message names the citizen it is about in 'subject'")
     _, patient = body_reference(self.refs, body["subject"], ("Patient",), "subject")
-    named = recipients(self.refs, body)
+    named = _named_recipients(self, body)
     if claims.user_type == "PATIENT" and patient != claims.context.patient_id:
         raise _forbidden(f"Patient/{patient}")
     now = now_iso()
     new_id = str(uuid.uuid4())
     async with self.storage.transaction() as tx:
+        await self.require_membership(tx, claims)  # a withdrawn team membership ends access now
         if await tx.get("Patient", patient) is None:
             raise unprocessable("COMMUNICATION_SUBJECT_NOT_FOUND", f"subject: Patient/{patient} is not known")
         episode = await _episode_for(self, tx, claims, patient)
@@ -287,6 +300,7 @@ async def search_messages(self: Service, request: Request) -> Response:
     q = request.query_params
     count, offset = page_count(q), page_offset(q)
     async with self.storage.transaction() as tx:
+        await self.require_membership(tx, claims)  # a withdrawn team membership ends access now
         filters, keep = await _scope(self, tx, claims, q)
         rows, more = await _page(tx, filters, keep, offset, count)
         await self.audit(tx, claims, "R", "search", [r.patient for r in rows], "Communication", query=str(q))
@@ -320,6 +334,7 @@ async def patch_message(self: Service, request: Request) -> Response:
     async def work() -> Row:
         now = now_iso()
         async with self.storage.transaction() as tx:
+            await self.require_membership(tx, claims)  # a withdrawn team membership ends access now
             row = await tx.get("Communication", id_)
             if row is None:
                 raise not_found("Communication", id_)

@@ -132,9 +132,10 @@ async def store_new_version(tx: Tx, row: Row, body: dict, now: str, status: str 
     """Store ``body`` as the next version of ``row`` (meta and the ``status`` search column follow).
 
     ``Tx.update`` writes only if the stored version is still ``row.version``; reading the row back
-    tells whether it did (``meta.source`` makes each written body unique). On PostgreSQL a concurrent PATCH that committed between our read and our
-    write leaves our UPDATE matching nothing — that is a lost race, answered 412 like a stale
-    If-Match, and this transaction is rolled back by the raised error.
+    tells whether it did (``meta.source`` makes each written body unique). On PostgreSQL a
+    concurrent PATCH that committed between our read and our write leaves our UPDATE matching
+    nothing: a lost race, raised as :class:`LostRace` (412), which rolls this transaction back and
+    which :func:`with_retry_on_lost_race` retries when the client sent no If-Match.
     """
     version = row.version + 1
     # meta.source names the request that wrote a version (HAPI writes "#<request id>" too); being
@@ -266,6 +267,7 @@ async def search_tasks(self: Service, request: Request) -> Response:
     order.append(("id", False))  # a total order, so that _offset pages neither repeat nor skip
     included: list[Row] = []
     async with self.storage.transaction() as tx:
+        await self.require_membership(tx, claims)  # a withdrawn team membership ends access now
         rows = await tx.search("Task", filters, order, limit=count + 1, offset=offset)
         more, rows = len(rows) > count, rows[:count]
         if "Task:focus" in q.getlist("_include"):
@@ -358,6 +360,7 @@ async def patch_task(self: Service, request: Request) -> Response:
     async def work() -> Row:
         now = now_iso()
         async with self.storage.transaction() as tx:
+            await self.require_membership(tx, claims)  # a withdrawn team membership ends access now
             row = await tx.get("Task", id_)
             if row is None:
                 raise not_found("Task", id_)
@@ -447,6 +450,7 @@ async def create_clinical_impression(self: Service, request: Request) -> Respons
     now = now_iso()
     new_id = str(uuid.uuid4())
     async with self.storage.transaction() as tx:
+        await self.require_membership(tx, claims)  # a withdrawn team membership ends access now
         prev = await tx.get("ClinicalImpression", previous_id)
         if prev is None:
             raise unprocessable("CLINICALIMPRESSION_PREVIOUS_NOT_FOUND", f"previous: ClinicalImpression/{previous_id} "
@@ -529,6 +533,7 @@ async def search_clinical_impressions(self: Service, request: Request) -> Respon
     count, offset = page_count(q), page_offset(q)
     codes = [c.rpartition("|")[2] for c in q.get("code", "").split(",") if c]
     async with self.storage.transaction() as tx:
+        await self.require_membership(tx, claims)  # a withdrawn team membership ends access now
         filters = await search_scope(self, tx, claims, q)
         if codes:
             filters.append(Filter("code", "in", codes))
