@@ -429,7 +429,7 @@ def test_role_sets_match_their_jobs():
     nurse, viewer, admin = (ROLE_PERMISSIONS[r] for r in ("monitoringAssistor", "clinicalViewer",
                                                            "careteamAdministrator"))
     assert {"Task.patch", "ClinicalImpression.create", "Communication.create", "$search-measurements"} <= nurse
-    assert all(p.endswith((".read", ".search")) or p == "$search-measurements" for p in viewer)
+    assert all(p.endswith((".read", ".search")) or p in ("$search-measurements", "$get-patient-procedures") for p in viewer)
     assert viewer < nurse
     assert {"Practitioner.create", "PractitionerRole.delete", "CareTeam.patch"} <= admin
     patient_data = ("Patient", "EpisodeOfCare", "CarePlan", "Observation", "QuestionnaireResponse", "Task",

@@ -162,12 +162,13 @@ ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = MappingProxyType({
         *(p for r in _CLINICAL_RESOURCES for p in _crud(r, "read", "search")),
         *_crud("Task", "read", "search", "patch"), *_crud("ClinicalImpression", "create", "read", "search"),
         *_crud("Communication", "create", "read", "search", "patch"), "$search-measurements",
+        "$get-patient-procedures", "Questionnaire.read",
     }),
     # looks, never touches
     "clinicalViewer": frozenset({
         *(p for r in (*_CLINICAL_RESOURCES, "Task", "ClinicalImpression", "Communication")
           for p in _crud(r, "read", "search")),
-        "$search-measurements",
+        "$search-measurements", "$get-patient-procedures", "Questionnaire.read",
     }),
     # the organisation's user management: no patient data
     "careteamAdministrator": frozenset({

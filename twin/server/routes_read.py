@@ -19,6 +19,7 @@ async def read(self: Service, request: Request) -> Response:
     claims = self.claims(request)
     claims.require(f"{type_}.read")
     async with self.storage.transaction() as tx:
+        await self.require_membership(tx, claims)  # a removed team member loses access at once
         row = await tx.get(type_, id_)
         if row is None:
             raise not_found(type_, id_)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import urllib.parse
 import uuid
 
 from starlette.requests import Request
@@ -163,7 +164,8 @@ class Service:
                     for r in included]
         next_url = None
         if next_offset is not None:
-            params = dict(request.query_params)
-            params["_offset"] = str(next_offset)
-            next_url = str(request.url.replace_query_params(**params))
+            # multi_items keeps repeated parameters (date=ge…&date=le…) that a dict would drop
+            params = [(k, v) for k, v in request.query_params.multi_items() if k != "_offset"]
+            params.append(("_offset", str(next_offset)))
+            next_url = str(request.url.replace(query=urllib.parse.urlencode(params)))
         return fhir_response(fr.bundle_searchset(entries, total, str(request.url), next_url))
