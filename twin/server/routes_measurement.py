@@ -60,7 +60,7 @@ from twin.server.routes_careplan import (
     storage_instant,
 )
 from twin.server.service import Service, fhir_response, now_iso, page_count, page_offset, read_json
-from twin.server.storage import Filter
+from twin.server.storage import Filter, new_id
 from twin.server.submission import BY_CODE, check_submission, parse_submission, store_rows
 
 
@@ -80,7 +80,7 @@ async def submit_measurement(self: Service, request: Request) -> Response:
         plan = await check_submission(entries, idents, claims, tx, self.refs)
         rows, locations = store_rows(plan, self.refs, now)
         await tx.insert(rows)
-        outbox_id = str(uuid.uuid4())
+        outbox_id = new_id()
         await tx.outbox_put(outbox_id, "triage", json.dumps({
             "patient": plan.patient_id, "episode": plan.episode_id, "team": plan.team_id, "org": plan.org_id,
             "resources": [[r.type, r.id] for r in rows if r.type != "Provenance"]}), now)

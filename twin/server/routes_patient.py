@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import json
-import uuid
 from collections.abc import Callable
 
 from starlette.requests import Request
@@ -52,7 +51,7 @@ from twin.server.routes_task import (
     with_retry_on_lost_race,
 )
 from twin.server.service import Service, fhir_response, now_iso, page_count, page_offset, read_json
-from twin.server.storage import Filter, Row, Tx
+from twin.server.storage import Filter, Row, Tx, new_id
 
 STATUSES = ("in-progress", "completed")  # unread / read (FHIR event-status codes FUT's messages use)
 MAX_TITLE = 200
@@ -183,7 +182,7 @@ async def create_message(self: Service, request: Request) -> Response:
     if claims.user_type == "PATIENT" and patient != claims.context.patient_id:
         raise _forbidden(f"Patient/{patient}")
     now = now_iso()
-    new_id = str(uuid.uuid4())
+    resource_id = new_id()
     async with self.storage.transaction() as tx:
         await self.require_membership(tx, claims)  # a withdrawn team membership ends access now
         if await tx.get("Patient", patient) is None:
@@ -200,18 +199,18 @@ async def create_message(self: Service, request: Request) -> Response:
                 raise unprocessable("COMMUNICATION_INVALID_RECIPIENT",
                                     f"a practitioner's message goes to the citizen it is about, Patient/{patient}")
             sender, recipient = self.refs.url("Practitioner", claims.user_id), self.refs.url("Patient", patient)
-        msg = fr.communication(self.refs, new_id, patient, episode.id, sender, recipient, text, now, "message",
+        msg = fr.communication(self.refs, resource_id, patient, episode.id, sender, recipient, text, now, "message",
                                title, thread)
         if claims.user_type == "PRACTITIONER":  # the team the practitioner writes for: replies go back to it
             msg["extension"].insert(1, {"url": fr.EXT_SENDER_CARETEAM,
                                         "valueReference": self.refs.ref("CareTeam", episode.team)})
         msg["status"] = status
         msg["meta"] = {**msg["meta"], "versionId": "1", "lastUpdated": now}
-        row = Row("Communication", new_id, 1, now, patient, episode.id, episode.team, episode.org, status, "message",
+        row = Row("Communication", resource_id, 1, now, patient, episode.id, episode.team, episode.org, status, "message",
                   now, None, None, json.dumps(msg))
         await tx.insert([row])
-        await self.audit(tx, claims, "C", None, [patient], "Communication", new_id)
-    url = self.refs.url("Communication", new_id)
+        await self.audit(tx, claims, "C", None, [patient], "Communication", resource_id)
+    url = self.refs.url("Communication", resource_id)
     return fhir_response(msg, 201, {"Location": f"{url}/_history/1", **version_headers(row)})
 
 

@@ -48,7 +48,7 @@ from twin.server import auth
 from twin.server import fhir_resources as fr
 from twin.server.errors import FhirError, bad_request, not_found, unprocessable
 from twin.server.service import Service, fhir_response, now_iso, page_count, page_offset, read_json
-from twin.server.storage import Filter, Row, Tx
+from twin.server.storage import Filter, Row, Tx, new_id
 
 # --------------------------------------------------------------------------------------------------
 # JSON Patch (RFC 6902), shared with routes_patient
@@ -448,7 +448,7 @@ async def create_clinical_impression(self: Service, request: Request) -> Respons
     if len(notes) > MAX_NOTES:
         raise unprocessable("CLINICALIMPRESSION_INVALID_NOTE", f"at most {MAX_NOTES} notes")
     now = now_iso()
-    new_id = str(uuid.uuid4())
+    resource_id = new_id()
     async with self.storage.transaction() as tx:
         await self.require_membership(tx, claims)  # a withdrawn team membership ends access now
         prev = await tx.get("ClinicalImpression", previous_id)
@@ -476,18 +476,18 @@ async def create_clinical_impression(self: Service, request: Request) -> Respons
         if not set(assessed) <= set(triaged):
             raise unprocessable("CLINICALIMPRESSION_INVESTIGATION_NOT_IN_PREVIOUS",
                                 "investigation may only name measurements of the triage being assessed")
-        ci = fr.clinical_impression_assessment(self.refs, new_id, prev.patient, prev.episode, previous_id,
+        ci = fr.clinical_impression_assessment(self.refs, resource_id, prev.patient, prev.episode, previous_id,
                                                claims.user_id, now, decisions[0], None, assessed)
         ci["status"] = status
         if notes:
             ci["note"] = [{"authorReference": self.refs.ref("Practitioner", claims.user_id), "time": now, "text": t}
                           for t in notes]
         ci["meta"] = {**ci["meta"], "versionId": "1", "lastUpdated": now}
-        row = Row("ClinicalImpression", new_id, 1, now, prev.patient, prev.episode, prev.team, prev.org, status,
+        row = Row("ClinicalImpression", resource_id, 1, now, prev.patient, prev.episode, prev.team, prev.org, status,
                   ASSESSMENT, now, None, None, json.dumps(ci))
         await tx.insert([row])
-        await self.audit(tx, claims, "C", None, [prev.patient], "ClinicalImpression", new_id)
-    url = self.refs.url("ClinicalImpression", new_id)
+        await self.audit(tx, claims, "C", None, [prev.patient], "ClinicalImpression", resource_id)
+    url = self.refs.url("ClinicalImpression", resource_id)
     return fhir_response(ci, 201, {"Location": f"{url}/_history/1", **version_headers(row)})
 
 

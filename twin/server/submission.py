@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from twin.rules import MEASUREMENTS
 from twin.server import jsonfast
 from twin.server.errors import FhirError, bad_request, unprocessable
-from twin.server.storage import Filter, Row, Tx
+from twin.server.storage import Filter, Row, Tx, new_id
 
 MAX_ENTRIES = 100  # FUT transaction limit (fut-examples/transaction.md)
 ALLOWED_TYPES = {"Observation", "QuestionnaireResponse"}
@@ -224,7 +224,7 @@ def _utc(value: str) -> str:
 
 def store_rows(plan: Plan, refs, now: str) -> tuple[list[Row], list[str]]:
     """Rows for the submitted resources plus their Provenance; returns rows and response locations."""
-    ids = {e["fullUrl"]: str(uuid.uuid4()) for e in plan.entries}
+    ids = {e["fullUrl"]: new_id() for e in plan.entries}
     urls = {full: refs.url(e["resource"]["resourceType"], ids[full]) for full, e in zip(ids, plan.entries, strict=True)}
     rows, locations = [], []
     for e, ident in zip(plan.entries, plan.idents, strict=True):
@@ -242,7 +242,7 @@ def store_rows(plan: Plan, refs, now: str) -> tuple[list[Row], list[str]]:
         rows.append(Row(r["resourceType"], id_, 1, now, plan.patient_id, plan.episode_id, plan.team_id, plan.org_id,
                         r.get("status"), code, effective, None, ident, text))
         locations.append(f"{urls[e['fullUrl']]}/_history/1")
-    prov_id = str(uuid.uuid4())
+    prov_id = new_id()
     provenance = {
         "resourceType": "Provenance", "id": prov_id, "meta": {"versionId": "1", "lastUpdated": now},
         "target": [{"reference": urls[e["fullUrl"]]} for e in plan.entries],

@@ -18,13 +18,12 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import uuid
 
 from twin.rules import triage_session
 from twin.server import fhir_resources as fr
 from twin.server import jsonfast
 from twin.server.missing_job import run_missing_measurement_job
-from twin.server.storage import Filter, Row, Storage, Tx
+from twin.server.storage import Filter, Row, Storage, Tx, new_id
 from twin.server.submission import measurement_of
 
 log = logging.getLogger("twin.server.triage")
@@ -64,7 +63,7 @@ async def triage_one(tx: Tx, outbox_id: str, payload: dict, refs, questionnaires
     now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
     patient, episode, team, org = payload["patient"], payload["episode"], payload["team"], payload["org"]
     investigated = [refs.url(t, i) for t, i in payload["resources"]]
-    ci_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
+    ci_id, task_id = new_id(), new_id()
     ci = fr.clinical_impression_triage(refs, ci_id, patient, episode, investigated, finding.colour, list(finding.reasons), now)
     priority = PRIORITY[finding.colour]
     task = fr.task_for_assessment(refs, task_id, patient, episode, team, refs.url("ClinicalImpression", ci_id), priority, now)
@@ -73,7 +72,7 @@ async def triage_one(tx: Tx, outbox_id: str, payload: dict, refs, questionnaires
            Row("Task", task_id, 1, now, patient, episode, team, org, task.get("status"), "MeasurementForAssessment",
                now, PRIORITY_RANK[priority], f"task:{outbox_id}", jsonfast.dumps(task))]
     if finding.colour == "red":
-        msg_id = str(uuid.uuid4())
+        msg_id = new_id()
         msg = fr.communication(refs, msg_id, patient, episode, refs.url("Patient", patient), refs.url("CareTeam", team),
                                "Red alert: " + ", ".join(finding.reasons), now)
         new.append(Row("Communication", msg_id, 1, now, patient, episode, team, org, msg.get("status"), "message", now,
