@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import urllib.parse
 import uuid
 from collections import defaultdict
@@ -61,7 +60,7 @@ from twin.server.routes_careplan import (
 )
 from twin.server.service import Service, fhir_response, now_iso, page_count, page_offset, read_json
 from twin.server.storage import Filter, new_id
-from twin.server.submission import BY_CODE, check_submission, parse_submission, store_rows
+from twin.server.submission import BY_CODE, check_submission, parse_submission, store_rows, triage_input
 
 
 async def submit_measurement(self: Service, request: Request) -> Response:
@@ -81,9 +80,9 @@ async def submit_measurement(self: Service, request: Request) -> Response:
         rows, locations = store_rows(plan, self.refs, now)
         await tx.insert(rows)
         outbox_id = new_id()
-        await tx.outbox_put(outbox_id, "triage", json.dumps({
+        await tx.outbox_put(outbox_id, "triage", jsonfast.dumps({
             "patient": plan.patient_id, "episode": plan.episode_id, "team": plan.team_id, "org": plan.org_id,
-            "resources": [[r.type, r.id] for r in rows if r.type != "Provenance"]}), now)
+            "resources": [[r.type, r.id] for r in rows if r.type != "Provenance"], **triage_input(plan)}), now)
         await self.audit(tx, claims, "C", "$submit-measurement", [plan.patient_id], "Bundle")
     self.triage.wake.set()
     return fhir_response(fr.bundle_transaction_response([(loc, now, "201 Created") for loc in locations]), 201)

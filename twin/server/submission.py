@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from twin.rules import MEASUREMENTS
+from twin.server import fhir_resources as fr
 from twin.server import jsonfast
 from twin.server.errors import FhirError, bad_request, unprocessable
 from twin.server.storage import Filter, Row, Tx, new_id
@@ -215,6 +216,28 @@ def measurement_of(resource: dict) -> str | None:
     coding = ((resource.get("code") or {}).get("coding") or [{}])[0]
     m = BY_CODE.get((coding.get("system"), coding.get("code")))
     return m.name if m else None
+
+
+def triage_input(plan: Plan) -> dict:
+    """What the triage needs, taken while the submission is validated (its ServiceRequests are loaded
+    then anyway), so the triage worker need not read the resources back. Kept in the durable outbox
+    payload; ±inf bounds travel as null."""
+    values, ranges, answers, questionnaire = {}, {}, {}, None
+    for e in plan.entries:
+        r = e["resource"]
+        sr_id = r["basedOn"][0]["reference"].rsplit("/", 1)[-1]
+        if r["resourceType"] == "Observation":
+            name = measurement_of(r)
+            values[name] = float(r["valueQuantity"]["value"])
+            sr = plan.service_requests.get(sr_id)
+            if sr is not None:
+                rr = fr.ranges_from_service_request(jsonfast.loads(sr.body))
+                ranges[name] = [None if abs(b) == float("inf") else b
+                                for b in (rr.red_low, rr.yellow_low, rr.yellow_high, rr.red_high)]
+        else:
+            answers.update({item["linkId"]: bool(item["answer"][0]["valueBoolean"]) for item in r.get("item") or []})
+            questionnaire = r.get("questionnaire") or questionnaire
+    return {"values": values, "ranges": ranges, "answers": answers, "questionnaire": questionnaire}
 
 
 def _utc(value: str) -> str:

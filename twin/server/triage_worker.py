@@ -18,8 +18,9 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
 
-from twin.rules import triage_session
+from twin.rules import ReferenceRanges, triage_session
 from twin.server import fhir_resources as fr
 from twin.server import jsonfast
 from twin.server.missing_job import run_missing_measurement_job
@@ -37,6 +38,21 @@ async def triage_one(tx: Tx, outbox_id: str, payload: dict, refs, questionnaires
     """Triage one submission inside ``tx``; returns the colour, or None if another worker did it first."""
     if not await tx.outbox_done(outbox_id):
         return None  # the outbox row is gone: triaged already (its DELETE waited for the other commit)
+    if "values" in payload:  # the submission carried what triage needs (see submission.triage_input)
+        values = payload["values"]
+        ranges = {m: ReferenceRanges(*(b if b is not None else (-math.inf if k < 2 else math.inf)
+                                       for k, b in enumerate(bounds)))
+                  for m, bounds in payload["ranges"].items()}
+        answers = payload["answers"]
+        q_ref = payload.get("questionnaire")
+        rules = await _question_rules(tx, refs, q_ref, questionnaires if questionnaires is not None else {}) if q_ref else []
+    else:
+        values, ranges, answers, rules = await _read_inputs(tx, payload, refs, questionnaires)
+    return await _write_triage(tx, outbox_id, payload, refs, triage_session(values, ranges, answers, rules))
+
+
+async def _read_inputs(tx: Tx, payload: dict, refs, questionnaires: dict | None):
+    """The triage inputs read back from the stored resources (outbox rows of older versions)."""
     by_type: dict[str, list[str]] = {}
     for t, i in payload["resources"]:
         by_type.setdefault(t, []).append(i)
@@ -59,7 +75,11 @@ async def triage_one(tx: Tx, outbox_id: str, payload: dict, refs, questionnaires
             q_ref = r.get("questionnaire")
             if q_ref:
                 rules = await _question_rules(tx, refs, q_ref, questionnaires if questionnaires is not None else {})
-    finding = triage_session(values, ranges, answers, rules)
+    return values, ranges, answers, rules
+
+
+async def _write_triage(tx: Tx, outbox_id: str, payload: dict, refs, finding) -> str:
+    """The ClinicalImpression, the Task and, for red, the message to the team."""
     now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
     patient, episode, team, org = payload["patient"], payload["episode"], payload["team"], payload["org"]
     investigated = [refs.url(t, i) for t, i in payload["resources"]]
