@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+GROUP_COMMIT_MAX = 32  # units of work per SQLite commit at most (bounds the wait of the first)
 COLUMNS = ("type", "id", "version", "last_updated", "patient", "episode", "team", "org", "status", "code",
            "effective", "priority", "ident", "body")
 
@@ -255,6 +256,8 @@ class SqliteStorage(Storage):
         self.url = f"sqlite:///{path}"
         self.conn: sqlite3.Connection | None = None
         self.lock = asyncio.Lock()
+        self.waiting = 0  # transactions queued for the lock
+        self.batch: list[asyncio.Future] | None = None  # units of work in the open write transaction
 
     async def open(self) -> None:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves. Autocommit reads see committed data.
@@ -262,6 +265,7 @@ class SqliteStorage(Storage):
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash; fsync at checkpoints
         self.conn.execute("PRAGMA busy_timeout=30000")
+        self.conn.execute("PRAGMA wal_autocheckpoint=10000")  # checkpoint every ~40 MB of WAL, not every 4 MB
         self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the indexes of a year's data stay in memory
         self.conn.execute("PRAGMA mmap_size=268435456")
         self.conn.execute("PRAGMA temp_store=MEMORY")
@@ -277,15 +281,51 @@ class SqliteStorage(Storage):
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
+        """One unit of work, committed before the caller goes on — possibly together with others.
+
+        Group commit: a COMMIT costs ~0.3 ms (the WAL pages it writes), more than a submission's own
+        statements. Units that queue for the connection while one runs join the same database
+        transaction, each in its own SAVEPOINT (a failing unit rolls back alone); the last unit of a
+        burst, or the GROUP_COMMIT_MAX-th, commits for all, and every unit waits for that commit
+        before it returns — so an answered request is always durable."""
         assert self.conn is not None, "storage not open"
+        failed: BaseException | None = None
+        done: asyncio.Future | None = None
+        self.waiting += 1
         async with self.lock:
-            self.conn.execute("BEGIN IMMEDIATE")
+            self.waiting -= 1
+            if self.batch is None:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.batch = []
+            self.conn.execute("SAVEPOINT unit")
             try:
                 yield _SqliteTx(self.conn)
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the lock is released
+                self.conn.execute("ROLLBACK TO unit")
+                self.conn.execute("RELEASE unit")
+                failed = exc
+            else:
+                self.conn.execute("RELEASE unit")
+                done = asyncio.get_running_loop().create_future()
+                self.batch.append(done)
+            if self.waiting == 0 or len(self.batch) >= GROUP_COMMIT_MAX:
+                self._commit_batch()
+        if failed is not None:
+            raise failed
+        await done
+
+    def _commit_batch(self) -> None:
+        batch, self.batch = self.batch or [], None
+        try:
             self.conn.execute("COMMIT")
+        except Exception as exc:  # the whole group is lost: every unit of it fails, none is answered as stored
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            for f in batch:
+                f.set_exception(exc)
+            return
+        for f in batch:
+            f.set_result(None)
 
 
 # ------------------------------------------------------------------------------------ PostgreSQL
