@@ -139,6 +139,13 @@ def _team_of(c, citizen) -> str:
     (lambda b: b["parameter"][0]["resource"]["entry"][0]["resource"]["basedOn"][0].update(
         reference="ServiceRequest/sr-0-weight"), 422, "MEASUREMENT_SUBMITMEASUREMENT_INVALID_OBSERVATION_CODE"),
     (lambda b: b.update(resourceType="Bundle"), 400, "REQUEST_WRONG_RESOURCE_TYPE"),
+    (lambda b: b["parameter"][0]["resource"]["entry"][1]["resource"]["extension"][0]["valueReference"].update(
+        reference="EpisodeOfCare/e-1"), 422, "MEASUREMENT_SUBMITMEASUREMENT_INPUT_NOT_PART_OF_SAME_EPISODEOFCARE"),
+    (lambda b: b["parameter"][0]["resource"]["entry"][0]["resource"]["basedOn"][0].update(
+        reference="ServiceRequest/sr-nobody"), 422, "REQUEST_UNKNOWN_REFERENCE"),
+    (lambda b: b["parameter"][0]["resource"]["entry"][1].update(
+        fullUrl=b["parameter"][0]["resource"]["entry"][0]["fullUrl"]), 400,
+     "MEASUREMENT_SUBMITMEASUREMENT_DUPLICATE_FULLURL"),
 ])
 def test_bad_submissions_are_refused_and_store_nothing(server, citizen, change, status, code):
     body = submission(server, 0, dict(GREEN), {"dyspnoea": False})
@@ -203,3 +210,33 @@ def test_access_follows_the_token_context(server, citizen):
                 "SECURITY_SEARCH_PARAM_NOT_MATCHING_TOKEN_CONTEXT")
         outcome(c.get("/careplan/EpisodeOfCare/e-0", headers=bearer(nurse)), 403,
                 "SECURITY_RESOURCE_NOT_MATCHING_TOKEN_CONTEXT")
+
+
+async def _resource_count(database: str) -> int:
+    from twin.server.storage import Storage
+
+    storage = Storage.connect(database)
+    await storage.open()
+    try:
+        async with storage.transaction() as tx:
+            # Only what a submission writes: triage rows of earlier tests may still be arriving.
+            return (await tx.fetch("SELECT COUNT(*) FROM resources WHERE type IN "
+                                   "('Observation', 'QuestionnaireResponse', 'Provenance')"))[0][0]
+    finally:
+        await storage.close()
+
+
+def test_rejections_leave_no_row_behind(server, citizen):
+    """Rejected submissions (one bad entry among good ones, an oversized body) store nothing at all."""
+    import asyncio
+
+    before = asyncio.run(_resource_count(server.database))
+    with server.client() as c:
+        body = submission(server, 0, dict(GREEN), {"dyspnoea": True})
+        body["parameter"][0]["resource"]["entry"][-2]["resource"]["valueQuantity"]["value"] = -3  # negative reading
+        outcome(c.post("/measurement/$submit-measurement", json=body, headers=bearer(citizen)), 422,
+                "MEASUREMENT_SUBMITMEASUREMENT_IMPOSSIBLE_VALUE")
+        huge = b'{"resourceType": "Parameters", "parameter": [], "pad": "' + b"x" * 1_100_000 + b'"}'
+        outcome(c.post("/measurement/$submit-measurement", content=huge, headers=bearer(citizen)), 413,
+                "REQUEST_TOO_LARGE")
+    assert asyncio.run(_resource_count(server.database)) == before
