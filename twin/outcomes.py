@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from twin.care.calendar import MINUTES_PER_DAY, ShiftCalendar
-from twin.clinical.physiology import _neighbours
+from twin.clinical.physiology import neighbours
 from twin.model import RunResult
 
 TARGETS_PATH = Path(__file__).parent / "defaults" / "calibration_targets.toml"
@@ -122,7 +122,7 @@ def calibration_figures(result: RunResult) -> dict[str, float]:
     # C13: change from the citizen's stable mean on days 0..+3 of a moderate exacerbation.
     epc = ep_sorted.reset_index(drop=True)
     s_cit, s_t = ses["citizen_id"].to_numpy(), ses["start_day"].to_numpy()
-    prev, _ = _neighbours(epc["citizen_id"].to_numpy(), epc["onset_day"].to_numpy(), s_cit, s_t)
+    prev, _ = neighbours(epc["citizen_id"].to_numpy(), epc["onset_day"].to_numpy(), s_cit, s_t)
     ok = prev >= 0
     tau = np.full(len(ses), np.nan)
     tau[ok] = s_t[ok] - epc["onset_day"].to_numpy()[prev[ok]]
@@ -197,7 +197,7 @@ def clinical_outcomes(result: RunResult) -> dict[str, float]:
     # PPV of red: an exacerbation starts within the window after the alert, or is under way.
     r = red[red["upload_day"] < days - oc.red_ppv_window_days]
     epc = ep.sort_values(["citizen_id", "onset_day"]).reset_index(drop=True)
-    prev, nxt = _neighbours(epc["citizen_id"].to_numpy(), epc["onset_day"].to_numpy(), r["citizen_id"].to_numpy(),
+    prev, nxt = neighbours(epc["citizen_id"].to_numpy(), epc["onset_day"].to_numpy(), r["citizen_id"].to_numpy(),
                             r["upload_day"].to_numpy())
     t = r["upload_day"].to_numpy()
     onset, rec = epc["onset_day"].to_numpy(), epc["recovery_days"].to_numpy()

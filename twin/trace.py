@@ -43,7 +43,7 @@ def to_timestamp(start: pd.Timestamp, day: np.ndarray) -> np.ndarray:
 def session_table(result: RunResult) -> pd.DataFrame:
     s = result.sessions
     start = pd.Timestamp(result.scenario.run.start)
-    readings = [v for v in MEASURED_VITALS]
+    readings = list(MEASURED_VITALS)
     n_obs = s[readings].notna().sum(axis=1).astype(np.int8)
     questions = [c for c in s.columns if c.startswith("q_")]
     out = pd.DataFrame({

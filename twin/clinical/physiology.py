@@ -26,6 +26,9 @@ from twin.scenario import Devices, Disease, Regime
 TIME_OFFSET_DAYS = 1000.0  # makes every time positive for the (citizen, time) search keys
 KEY_STRIDE = 10_000.0  # > the time span of a run in days (plus the offset)
 STATE_STABLE, STATE_BAD_SPELL, STATE_EXACERBATION = 0, 1, 2
+# What a home device can display (D1: oximeters report 0-100 %, accuracy specified down to 70 %);
+# a device-limit, not a clinical parameter: readings outside are clipped as the device would.
+DEVICE_RANGE = {"spo2": (50.0, 100.0), "pulse": (25.0, 250.0)}
 
 
 @dataclass
@@ -41,7 +44,7 @@ def _keys(citizen: np.ndarray, t: np.ndarray) -> np.ndarray:
     return citizen.astype(float) * KEY_STRIDE + (t + TIME_OFFSET_DAYS)
 
 
-def _neighbours(ev_citizen, ev_time, q_citizen, q_time):
+def neighbours(ev_citizen, ev_time, q_citizen, q_time):
     """Index of each query's latest event at or before t (prev) and first after t (next); -1 if none."""
     keys = _keys(ev_citizen, ev_time)
     j = np.searchsorted(keys, _keys(q_citizen, q_time), side="right")
@@ -60,7 +63,7 @@ def exacerbation_profile(tau: np.ndarray, prodrome: np.ndarray, peak_after: floa
 
 def episode_deviation(episodes: Episodes, peak_after: float, citizen: np.ndarray, t: np.ndarray):
     """True deviation per vital and whether the citizen is symptomatic with an exacerbation."""
-    prev, nxt = _neighbours(episodes.citizen, episodes.onset_day, citizen, t)
+    prev, nxt = neighbours(episodes.citizen, episodes.onset_day, citizen, t)
     dev = {v: np.zeros(len(t)) for v in DELTA_VITALS}
     symptomatic = np.zeros(len(t), bool)
     for idx in (prev, nxt):
@@ -75,7 +78,7 @@ def episode_deviation(episodes: Episodes, peak_after: float, citizen: np.ndarray
 
 
 def spell_deviation(spells: Spells, citizen: np.ndarray, t: np.ndarray):
-    prev, _ = _neighbours(spells.citizen, spells.start_day, citizen, t)
+    prev, _ = neighbours(spells.citizen, spells.start_day, citizen, t)
     ok = prev >= 0
     i = prev[ok]
     phase = (t[ok] - spells.start_day[i]) / spells.duration_days[i]
@@ -104,10 +107,10 @@ def take_readings(citizens: Citizens, citizen: np.ndarray, t: np.ndarray, episod
     # A repeated reading is a fresh device draw on the same biology; the later one counts (D7).
     spo2 = true_spo2 + bias["spo2"][citizen] + rng.normal(0, devices.spo2_noise_sd_pct, n)
     second = true_spo2 + bias["spo2"][citizen] + rng.normal(0, devices.spo2_noise_sd_pct, n)
-    values["spo2"] = np.clip(np.round(np.where(repeats == 2, second, spo2)), 50, 100)
+    values["spo2"] = np.clip(np.round(np.where(repeats == 2, second, spo2)), *DEVICE_RANGE["spo2"])
     values["pulse"] = np.clip(np.round(base["pulse"][citizen] + dev["pulse"] + bias["pulse"][citizen]
                                        + rng.normal(0, disease.pulse_bpm.daily_sd, n)
-                                       + rng.normal(0, devices.pulse_noise_sd_bpm, n)), 25, 250)
+                                       + rng.normal(0, devices.pulse_noise_sd_bpm, n)), *DEVICE_RANGE["pulse"])
     values["weight"] = np.round(base["weight"][citizen] + dev["weight"] + rng.normal(0, disease.weight_kg.daily_sd, n)
                                 + rng.normal(0, devices.weight_noise_sd_kg, n), 1)
     values["sbp"] = np.round(base["sbp"][citizen] + dev["sbp"] + bias["sbp"][citizen]

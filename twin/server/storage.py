@@ -26,7 +26,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 GROUP_COMMIT_MAX = 32  # units of work per SQLite commit at most (bounds the wait of the first)
@@ -384,8 +384,6 @@ class PostgresStorage(Storage):
             for statement in SCHEMA:
                 await tx.execute(statement)
 
-
-ROW_FIELDS = tuple(f.name for f in fields(Row))
 
 _last_id_us = [0]
 
