@@ -37,7 +37,7 @@ from twin.organisations import load_organisations
 from twin.rng import Streams
 from twin.rules.thresholds import ReferenceRanges
 from twin.scenario import Scenario
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 from twin.server.service import password_hash
 from twin.server.storage import Row, Storage
 

@@ -15,7 +15,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.episodeofcare import EpisodeOfCare
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 
 TOKEN_PATH = "/auth/realms/{realm}/protocol/openid-connect/token"
 MEASURES = ("spo2", "pulse", "weight", "sbp", "dbp")  # pilot-100 lives in Aalborg: blood pressure is in the kit

@@ -21,7 +21,7 @@ from fhir.resources.R4B.bundle import Bundle
 
 from tests.server.test_api import bearer, login, outcome, rescope, submission
 from tests.server.test_user_management import admin_token, new_practitioner, world
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 from twin.server.routes_audit import (
     CPR_MASK,
     EXT_REQUESTOR_ORGANIZATION,

@@ -8,7 +8,7 @@ import datetime as dt
 from fhir.resources.R4B.task import Task
 
 from tests.server.test_api import bearer, login, rescope
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 from twin.server.missing_job import run_missing_measurement_job
 from twin.server.storage import Storage
 

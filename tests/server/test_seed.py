@@ -12,7 +12,7 @@ from tests.conftest import SCENARIOS
 from twin.model import simulate
 from twin.scenario import load_scenario
 from twin.seed import seed
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 from twin.server.storage import Filter, Storage
 
 

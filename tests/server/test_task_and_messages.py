@@ -22,7 +22,7 @@ from fhir.resources.R4B.communication import Communication
 from fhir.resources.R4B.task import Task
 
 from tests.server.test_api import bearer, login, outcome, rescope, submission
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 
 TASK_CITIZEN = 5  # citizens of the pilot-100 seed this module uses (test_api uses 0 and 1)
 MESSAGE_CITIZEN, OTHER_CITIZEN, PAGING_CITIZEN = 8, 9, 10
@@ -510,7 +510,7 @@ def test_messages_are_paged_newest_first(server):
         r = c.post("/patient/Communication", json=message(server, n, "Svar", f"Patient/p-{n}", f"CareTeam/ct-{team}"),
                    headers=bearer(citizen))
         assert r.status_code == 201, r.text
-        for params, expected in (({"recipient": f"Patient/p-{n}"}, ids[::-1]),  # scanned: recipient is in the body
+        for params, expected in (({"recipient": f"Patient/p-{n}"}, ids[::-1]),  # the indexed recipient column
                                  ({"patient": f"Patient/p-{n}"}, [r.json()["id"], *ids[::-1]])):
             got, url, pages = [], "/patient/Communication", 0
             query = {**params, "_count": "2"}

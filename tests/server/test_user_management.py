@@ -22,7 +22,7 @@ from tests.conftest import SCENARIOS
 from tests.server.test_api import TOKEN_PATH, bearer, login, outcome, rescope
 from twin.scenario import load_scenario
 from twin.seed import build_seed_rows
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 from twin.server.routes_organization import EXT_ACCOUNT_ROLE, EXT_INITIAL_PASSWORD, role_id
 
 

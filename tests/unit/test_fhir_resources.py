@@ -12,7 +12,7 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from twin.rules import MEASUREMENTS, QuestionRule, ReferenceRanges, triage_session
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 
 BASE = "http://127.0.0.1:8080"
 T0 = "2025-03-03T09:15:00"

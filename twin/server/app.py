@@ -24,21 +24,23 @@ from twin.server import (
     routes_audit,
     routes_auth,
     routes_careplan,
+    routes_enrolment,
     routes_measurement,
     routes_organization,
     routes_patient,
     routes_read,
+    routes_service_request,
     routes_task,
 )
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 from twin.server.errors import FhirError, outcome_response
 from twin.server.service import SERVICE_OF, Service, fhir_response
 from twin.server.settings import Settings
 from twin.server.storage import INTEGRITY_ERRORS
 
 log = logging.getLogger("twin.server")
-ROUTE_MODULES = (routes_auth, routes_measurement, routes_careplan, routes_task, routes_patient, routes_organization,
-                 routes_audit)  # all before the generic read
+ROUTE_MODULES = (routes_auth, routes_measurement, routes_careplan, routes_enrolment, routes_service_request,
+                 routes_task, routes_patient, routes_organization, routes_audit)  # all before the generic read
 
 
 
@@ -89,9 +91,10 @@ def create_app(settings: Settings) -> Starlette:
         resources["Task"] = ["read", "search-type", "patch"]
         resources["ClinicalImpression"] = ["read", "search-type", "create"]
         resources["Communication"] = ["read", "search-type", "create", "patch"]
+        resources["ServiceRequest"] = ["read", "search-type", "update", "patch"]
         return fhir_response(fr.capability_statement(settings.base_url, resources,
                                                      ["$submit-measurement", "$get-patient-procedures",
-                                                      "$search-measurements"]))
+                                                      "$search-measurements", "$create-episode-of-care"]))
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = {404: "REQUEST_UNKNOWN_PATH", 405: "REQUEST_METHOD_NOT_ALLOWED"}.get(exc.status_code, "REQUEST_ERROR")

@@ -154,7 +154,7 @@ CITIZEN_PERMISSIONS = frozenset({
 """What every citizen token carries (``nemlogin``); which data they reach is limited by context."""
 
 _CLINICAL_RESOURCES = ("EpisodeOfCare", "CarePlan", "ServiceRequest", "Observation", "QuestionnaireResponse",
-                       "Patient")
+                       "Patient", "Condition")
 
 ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = MappingProxyType({
     # triage nurse: reads the patient's data, works the Task list, assesses, messages the citizen
@@ -169,6 +169,17 @@ ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = MappingProxyType({
         *(p for r in (*_CLINICAL_RESOURCES, "Task", "ClinicalImpression", "Communication")
           for p in _crud(r, "read", "search")),
         "$search-measurements", "$get-patient-procedures", "Questionnaire.read",
+    }),
+    # enrols citizens (``$create-episode-of-care``) and sees what the enrolment made
+    "citizenEnroller": frozenset({
+        "EpisodeOfCare$create-episode-of-care", *_crud("Patient", "read", "search"),
+        *_crud("EpisodeOfCare", "read", "search"), *_crud("CarePlan", "read", "search"), "ServiceRequest.read",
+        "Condition.read",
+    }),
+    # adjusts a citizen's monitoring: the thresholds on their ServiceRequests
+    "monitoring_adjuster": frozenset({
+        *(p for r in _CLINICAL_RESOURCES for p in _crud(r, "read", "search")),
+        *_crud("ServiceRequest", "update", "patch"), "$search-measurements", "$get-patient-procedures",
     }),
     # the organisation's user management: no patient data
     "careteamAdministrator": frozenset({

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 from twin.server import jsonfast
 from twin.server.storage import INTEGRITY_ERRORS, Filter, Row, Storage, Tx, new_id
 

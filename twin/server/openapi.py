@@ -154,6 +154,42 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "at most 31 days. A `collection` Bundle with the CarePlans and ServiceRequests involved and one Parameters "
         "whose `item_n` rows are the slots, with the measurements already submitted in each.",
         {200: "a collection Bundle"}, WRITE_ERRORS, body="Parameters", result="Bundle"),
+    ("POST", "/careplan/$create-episode-of-care"): Op(
+        "Enrol a citizen: Patient (found by CPR or created), EpisodeOfCare, CarePlan and ServiceRequests",
+        "FUT `$create-episode-of-care` (`Parameters{episodeOfCareAndProvenances = Bundle}`: one EpisodeOfCare in "
+        "status `planned` (the twin also takes `active`), the Conditions of its `diagnosis`, Provenances targeting "
+        "it with a privacy policy), folded together with `Patient/$createPatient` (an optional Patient entry with a "
+        "CPR identifier: reused when known) and `PlanDefinition/$apply` (parameter `planDefinition`: `copd` or "
+        "`heart-failure`; optional `weekdays`, e.g. `mon+thu`), in one transaction. The episode is managed by the "
+        "token's organisation and followed by its care team. A new citizen gets a `nemlogin` account "
+        "`citizen-<patient id>` (password: extension `urn:fut-twin:StructureDefinition:initial-password` on the "
+        "Patient entry, else `twin`). Permission `EpisodeOfCare$create-episode-of-care` (role `citizenEnroller`). "
+        "The answer is a transaction-response Bundle (resources with `Prefer: return=representation`). Errors: 400 "
+        "malformed Parameters/Bundle; 403 no permission, no care-team context, organisation or team not the "
+        "token's; 409 `EPISODEOFCARE_CREATE_ALREADY_ENROLLED`; 422 `EPISODEOFCARE_CREATE_*` (WRONG_EOC_COUNT, "
+        "UNSUPPORTED_RESOURCE_TYPE, EPISODE_OF_CARE_IN_NON_PLANNED_STATUS, INCORRECT_CONDITION_SUBJECT, "
+        "INCORRECT_PROVENANCE_TARGET, NO_REQUIRED_PROVENANCE_POLICIES, PATIENT_MUST_NOT_BE_DECEASED), "
+        "`PATIENT_CREATE_CPR_MISSING`, `CAREPLAN_APPLY_NO_PLANDEFINITION`.",
+        {201: "a transaction-response Bundle: Patient (201 created / 200 reused), EpisodeOfCare, CarePlan, "
+              "Conditions, Provenances (the client's and the server's origin Provenance), ServiceRequests"},
+        WRITE_ERRORS, (Param("Prefer", "`return=representation` puts the stored resources into the answer",
+                             where="header"),), body="Parameters", result="Bundle"),
+    ("PUT", "/careplan/ServiceRequest/{id}"): Op(
+        "Change a citizen's thresholds (the whole ServiceRequest)",
+        "Only the `ehealth-referenceRange` extensions may differ from the stored version (else 422 "
+        "`SERVICEREQUEST_UPDATE_NOT_ALLOWED`): RELRAL (red) and RELGAL (yellow), low < high, inside the device's "
+        "range, red outside yellow (else 422 `SERVICEREQUEST_INVALID_REFERENCE_RANGE`). The next submission is "
+        "triaged with them. Permission `ServiceRequest.update` (role `monitoring_adjuster`), token scoped to the "
+        "care team following the episode (another team 403 `SECURITY_RESOURCE_NOT_MATCHING_TOKEN_CONTEXT`).",
+        {200: "the ServiceRequest, new version (ETag)"}, READ_ERRORS + (409, 412, 413, 415, 422), (IF_MATCH,),
+        body="ServiceRequest"),
+    ("PATCH", "/careplan/ServiceRequest/{id}"): Op(
+        "Change a citizen's thresholds (JSON Patch)",
+        "RFC 6902 add / remove / replace / test on the ServiceRequest, e.g. `replace "
+        "/extension/3/extension/0/valueQuantity/value`; the result is checked as for PUT. Permission "
+        "`ServiceRequest.patch` (role `monitoring_adjuster`).",
+        {200: "the ServiceRequest, new version (ETag)"}, READ_ERRORS + (409, 412, 413, 415, 422), (IF_MATCH,),
+        body="JSONPatch"),
     ("PATCH", "/task/Task/{id}"): Op(
         "Claim, complete or annotate a Task (JSON Patch)",
         "`/status` along the task state machine, `/owner` (only to the caller), `/note`. A nurse claims a Task by "

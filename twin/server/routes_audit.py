@@ -49,7 +49,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from twin.server import auth
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 from twin.server.errors import bad_request
 from twin.server.service import SERVICE_OF, Service, fhir_response, page_count, page_offset
 

@@ -11,7 +11,7 @@ answered the same way (:func:`twin.server.app.guarded` runs the handler again).
 &episodeOfCare=…&code=…&date=…`` (fut-infrastructure.md §2 call 14), how a clinician's app draws a
 graph of one measurement type. FUT refuses a search that names neither the patient nor the episode
 (400 ``GENERAL_SUBJECT_AND_CONTEXT_NOT_PROVIDED``: an Observation search over everybody is never
-legitimate) and one outside the token's context (403, :func:`twin.server.routes_careplan.access_scope`).
+legitimate) and one outside the token's context (403, :func:`twin.server.search.access_scope`).
 The twin supports ``subject``/``patient``, ``episodeOfCare``, ``code`` (token: ``system|code``,
 ``code``, ``system|``; comma = or), ``date`` (prefixes ``eq ge gt le lt``; the value is the interval
 its precision names, so ``date=eq2025-03-03`` is that whole Danish day), ``_count``, ``_offset`` and
@@ -47,9 +47,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from twin.server import auth, jsonfast
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 from twin.server.errors import FhirError, bad_request
-from twin.server.routes_careplan import (
+from twin.server.search import (
     ParamSpec,
     access_scope,
     parse_instant,

@@ -63,8 +63,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from twin.server import auth
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 from twin.server.errors import FhirError, bad_request, not_found, operation_outcome, unprocessable
+from twin.server.search import FHIR_ID
 from twin.server.service import (
     Service,
     fhir_response,
@@ -339,7 +340,12 @@ async def create_role(self: Service, request: Request) -> Response:
         version = old.version + 1 if old else 1
         row = Row("PractitionerRole", id_, version, now, None, None, team_id, org, "active", role, None, None, None,
                   _with_meta(body, version, now))
-        await (tx.update(row) if old else tx.insert([row]))
+        if old is None:
+            await tx.insert([row])
+        elif await tx.update(row) != 1:  # another request re-stored it since our read: refuse, do not overwrite
+            raise FhirError(409, "RESOURCE_VERSION_CONFLICT",
+                            f"PractitionerRole/{id_} changed while this membership was written; send the request "
+                            "again", "conflict")
         await _set_participant(self, tx, team, practitioner_id, org, role, True, now)
         await _grant_account_role(tx, practitioner_id, role)
         await _audit_admin(tx, claims, "C", "create", "PractitionerRole", id_, now)
@@ -383,7 +389,7 @@ async def _find_membership(tx, id_: str, org: str) -> tuple[str, str, str, str] 
     The id is a hash of the membership, so it is matched against the memberships: those of the
     caller's organisation first (the usual case); then all, only to tell another organisation's
     membership (403) from none (404)."""
-    if not fr._ID.fullmatch(id_):
+    if not FHIR_ID.fullmatch(id_):
         return None
     for where, params in (("WHERE org = ?", (org,)), ("", ())):
         for practitioner_id, team_id, member_org, role in await tx.fetch(

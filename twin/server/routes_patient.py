@@ -20,6 +20,11 @@ models the read mark with the status alone). Messages are searched by ``patient`
 conversation about a citizen) or ``recipient`` (an inbox: the citizen's own, a care team's, a
 practitioner's), newest first, paged with ``_count`` / ``_offset``.
 
+The recipient is a stored, indexed column (``Type/id``; a twin message has exactly one recipient),
+so an inbox is one index range, not a scan of message bodies. A writer that does not set it (the
+triage worker's red alerts, rows stored before the column existed) leaves it NULL; the next inbox
+search fills those in from the bodies before it searches (:func:`fill_unset_recipients`).
+
 Access follows the same compartments as every other resource (patient, episode, team,
 organisation, stored with the message): a citizen reaches the messages about themselves, a
 practitioner those of their token's care team.
@@ -32,14 +37,13 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from twin.server import auth
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 from twin.server.errors import FhirError, bad_request, not_found, unprocessable
 from twin.server.routes_task import (
     MAX_TEXT,
@@ -55,7 +59,7 @@ from twin.server.storage import Filter, Row, Tx, new_id
 
 STATUSES = ("in-progress", "completed")  # unread / read (FHIR event-status codes FUT's messages use)
 MAX_TITLE = 200
-SCAN_BATCH = 200  # rows read per step when a search filters on the recipient (not a stored column)
+FILL_BATCH = 500  # messages without a recipient column filled per step (usually a few red alerts)
 
 
 def _forbidden(what: str) -> FhirError:
@@ -94,6 +98,28 @@ def recipients(refs, message: dict) -> set[tuple[str, str]]:
         except ValueError:
             continue
     return out
+
+
+def recipient_key(type_: str, id_: str) -> str:
+    """The stored ``recipient`` column: ``CareTeam/ct-3``, ``Patient/p-0``, ``Practitioner/pr-0-0``."""
+    return f"{type_}/{id_}"
+
+
+async def fill_unset_recipients(self: Service, tx: Tx) -> None:
+    """Give every message stored without a ``recipient`` column its value, read from its body.
+
+    The partial index ``resources_recipient_unset`` holds exactly these rows, so when there are none
+    (every writer sets the column) this is one empty index probe. A message addressed to nobody
+    known gets ``""``: it matches no inbox and is not looked at again."""
+    while True:
+        rows = await tx.fetch("SELECT id, body FROM resources WHERE type = 'Communication' AND recipient IS NULL "
+                              "LIMIT ?", (FILL_BATCH,))
+        for id_, body in rows:
+            to = sorted(recipients(self.refs, json.loads(body)))
+            await tx.execute("UPDATE resources SET recipient = ? WHERE type = 'Communication' AND id = ?",
+                             (recipient_key(*to[0]) if to else "", id_))
+        if len(rows) < FILL_BATCH:
+            return
 
 
 def _named_recipients(self: Service, body: dict) -> set[tuple[str, str]]:
@@ -209,13 +235,15 @@ async def create_message(self: Service, request: Request) -> Response:
         row = Row("Communication", resource_id, 1, now, patient, episode.id, episode.team, episode.org, status, "message",
                   now, None, None, json.dumps(msg))
         await tx.insert([row])
+        await tx.execute("UPDATE resources SET recipient = ? WHERE type = 'Communication' AND id = ?",
+                         (recipient_key(*self.refs.parse(recipient)), resource_id))
         await self.audit(tx, claims, "C", None, [patient], "Communication", resource_id)
     url = self.refs.url("Communication", resource_id)
     return fhir_response(msg, 201, {"Location": f"{url}/_history/1", **version_headers(row)})
 
 
-async def _scope(self: Service, tx: Tx, claims: auth.Claims, q) -> tuple[list[Filter], Callable[[Row], bool] | None]:
-    """Filters (and a recipient test, applied to the rows read) for a search within the token's context."""
+async def _scope(self: Service, tx: Tx, claims: auth.Claims, q) -> list[Filter]:
+    """Filters for a search within the token's context."""
     patient = self.ref_id(q.get("patient"), "Patient", "patient")
     recipient = q.get("recipient") or None
     if patient is None and recipient is None:
@@ -258,38 +286,17 @@ async def _scope(self: Service, tx: Tx, claims: auth.Claims, q) -> tuple[list[Fi
         filters.append(Filter("patient", "=", patient))
     if q.get("status"):
         filters.append(Filter("status", "in", q.get("status").split(",")))
-    keep = None
     if target is not None:
-        def keep(row: Row) -> bool:
-            return target in recipients(self.refs, json.loads(row.body))
-    return filters, keep
+        await fill_unset_recipients(self, tx)
+        filters.append(Filter("recipient", "=", recipient_key(*target)))
+    return filters
 
 
-async def _page(tx: Tx, filters: list[Filter], keep, offset: int, count: int) -> tuple[list[Row], bool]:
-    """One page of messages, newest first, and whether there are more.
-
-    ``recipient`` is not a stored search column, so a recipient search reads the compartment's
-    messages (already narrowed by patient or team, and status) in batches and tests each; the
-    offset counts matching messages, so pages neither repeat nor skip.
-    """
-    order = [("effective", True), ("id", False)]
-    if keep is None:
-        rows = await tx.search("Communication", filters, order, limit=count + 1, offset=offset)
-        return rows[:count], len(rows) > count
-    matches, skipped, position = [], 0, 0
-    while True:
-        rows = await tx.search("Communication", filters, order, limit=SCAN_BATCH, offset=position)
-        for r in rows:
-            if keep(r):
-                if skipped < offset:
-                    skipped += 1
-                else:
-                    matches.append(r)
-                    if len(matches) > count:
-                        return matches[:count], True
-        if len(rows) < SCAN_BATCH:
-            return matches, False
-        position += SCAN_BATCH
+async def _page(tx: Tx, filters: list[Filter], offset: int, count: int) -> tuple[list[Row], bool]:
+    """One page of messages, newest first, and whether there are more."""
+    rows = await tx.search("Communication", filters, [("effective", True), ("id", False)], limit=count + 1,
+                           offset=offset)
+    return rows[:count], len(rows) > count
 
 
 async def search_messages(self: Service, request: Request) -> Response:
@@ -300,8 +307,8 @@ async def search_messages(self: Service, request: Request) -> Response:
     count, offset = page_count(q), page_offset(q)
     async with self.storage.transaction() as tx:
         await self.require_membership(tx, claims)  # a withdrawn team membership ends access now
-        filters, keep = await _scope(self, tx, claims, q)
-        rows, more = await _page(tx, filters, keep, offset, count)
+        filters = await _scope(self, tx, claims, q)
+        rows, more = await _page(tx, filters, offset, count)
         await self.audit(tx, claims, "R", "search", [r.patient for r in rows], "Communication", query=str(q))
     return self.searchset(request, rows, next_offset=offset + count if more else None)
 

@@ -45,7 +45,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from twin.server import auth
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 from twin.server.errors import FhirError, bad_request, not_found, unprocessable
 from twin.server.service import Service, fhir_response, now_iso, page_count, page_offset, read_json
 from twin.server.storage import Filter, Row, Tx, new_id
@@ -131,22 +131,19 @@ def check_if_match(request: Request, row: Row) -> None:
 async def store_new_version(tx: Tx, row: Row, body: dict, now: str, status: str | None) -> Row:
     """Store ``body`` as the next version of ``row`` (meta and the ``status`` search column follow).
 
-    ``Tx.update`` writes only if the stored version is still ``row.version``; reading the row back
-    tells whether it did (``meta.source`` makes each written body unique). On PostgreSQL a
-    concurrent PATCH that committed between our read and our write leaves our UPDATE matching
-    nothing: a lost race, raised as :class:`LostRace` (412), which rolls this transaction back and
-    which :func:`with_retry_on_lost_race` retries when the client sent no If-Match.
+    ``Tx.update`` writes only if the stored version is still ``row.version`` and says how many rows
+    it changed. On PostgreSQL a concurrent PATCH that committed between our read and our write
+    leaves our UPDATE matching nothing: a lost race, raised as :class:`LostRace` (412), which rolls
+    this transaction back and which :func:`with_retry_on_lost_race` retries when the client sent
+    no If-Match.
     """
     version = row.version + 1
-    # meta.source names the request that wrote a version (HAPI writes "#<request id>" too); being
-    # unique it also makes the read-back below exact when two writers computed the same body.
+    # meta.source names the request that wrote a version (HAPI writes "#<request id>" too).
     body["meta"] = {**(body.get("meta") or {}), "versionId": str(version), "lastUpdated": now,
                     "source": f"#{uuid.uuid4().hex[:16]}"}
     new = Row(row.type, row.id, version, now, row.patient, row.episode, row.team, row.org, status, row.code,
               row.effective, row.priority, row.ident, json.dumps(body))
-    await tx.update(new)
-    stored = await tx.get(row.type, row.id)
-    if stored is None or stored.version != version or stored.body != new.body:
+    if await tx.update(new) != 1:
         raise LostRace(412, "REQUEST_VERSION_CONFLICT",
                        f"{row.type}/{row.id} was changed by another request meanwhile: read it again and retry",
                        "conflict")

@@ -15,15 +15,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from twin.server import auth, jsonfast
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 from twin.server.errors import FHIR_JSON, FhirError, bad_request
 from twin.server.settings import Settings
 from twin.server.storage import Row, Storage
 from twin.server.triage_worker import TriageWorker
 
 SERVICE_OF = {"Patient": "patient", "Communication": "patient", "EpisodeOfCare": "careplan", "CarePlan": "careplan",
-              "ServiceRequest": "careplan", "Observation": "measurement", "QuestionnaireResponse": "measurement",
-              "Provenance": "measurement", "Task": "task", "ClinicalImpression": "task", "Organization": "organization",
+              "ServiceRequest": "careplan", "Condition": "careplan", "Observation": "measurement",
+              "QuestionnaireResponse": "measurement", "Provenance": "measurement", "Task": "task", "ClinicalImpression": "task", "Organization": "organization",
               "CareTeam": "organization", "Practitioner": "organization", "PractitionerRole": "organization",
               "Questionnaire": "questionnaire"}
 MAX_COUNT = 200  # page size cap, as the FUT careplan server's ~200

@@ -21,15 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import random
 import re
-import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+log = logging.getLogger("twin.server.storage")
+
 GROUP_COMMIT_MAX = 32  # units of work per SQLite commit at most (bounds the wait of the first)
+CHECKPOINT_EVERY_S = 0.01  # background checkpoint passes (see SqliteStorage._checkpoint_loop)
+CHECKPOINT_IDLE_S = 0.1  # … and while nothing new was committed  # the background checkpointer's period (see SqliteStorage._checkpoint_loop)
 COLUMNS = ("type", "id", "version", "last_updated", "patient", "episode", "team", "org", "status", "code",
            "effective", "priority", "ident", "body")
 
@@ -93,10 +100,22 @@ SCHEMA = [
         practitioner TEXT NOT NULL, care_team TEXT NOT NULL, org TEXT NOT NULL, role TEXT NOT NULL,
         PRIMARY KEY (practitioner, care_team, role))""",
 ]
+# Columns added to a table after its first release: ALTER TABLE … ADD COLUMN when missing (neither
+# driver's ALTER is idempotent on its own), then the statements that need them. ``recipient`` is a
+# message's addressee as ``Type/id`` (Communication rows only; NULL elsewhere): the inbox search's
+# column. Both indexes are partial, so rows of other types (a submission's six) pay nothing: one
+# finds an inbox, the other the messages whose recipient a writer left unset (they are filled
+# when an inbox is searched: twin.server.routes_patient).
+ADDED_COLUMNS = [("resources", "recipient", "TEXT")]
+AFTER_ADDED_COLUMNS = [
+    "CREATE INDEX IF NOT EXISTS resources_recipient ON resources (recipient, effective) WHERE recipient IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS resources_recipient_unset ON resources (type) "
+    "WHERE type = 'Communication' AND recipient IS NULL",
+]
 
 AUDIT_COLUMNS = ("at", "trace_id", "user_type", "user_id", "org", "action", "subtype", "patient", "resource_type",
                  "resource_id", "query")
-ALLOWED_FILTER_COLUMNS = set(COLUMNS) - {"body"}
+ALLOWED_FILTER_COLUMNS = (set(COLUMNS) - {"body"}) | {"recipient"}
 
 
 @dataclass(frozen=True)
@@ -142,12 +161,15 @@ class Tx:
             await self._execute(f"INSERT INTO resources ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                                 row.params())
 
-    async def update(self, row: Row) -> None:
-        """Store a new version (``row.version`` is the new one, the stored one must be one less)."""
+    async def update(self, row: Row) -> int:
+        """Store a new version (``row.version`` is the new one, the stored one must be one less).
+
+        Returns the number of rows changed: 0 when the row is gone or another writer stored a new
+        version first (the caller turns that into a 404 or 409/412 instead of a silent no-op)."""
         cols = [c for c in COLUMNS if c not in ("type", "id")]
-        await self._execute(f"UPDATE resources SET {', '.join(f'{c} = ?' for c in cols)} "
-                            "WHERE type = ? AND id = ? AND version = ?",
-                            [getattr(row, c) for c in cols] + [row.type, row.id, row.version - 1])
+        return len(await self._fetch(f"UPDATE resources SET {', '.join(f'{c} = ?' for c in cols)} "
+                                     "WHERE type = ? AND id = ? AND version = ? RETURNING id",
+                                     [getattr(row, c) for c in cols] + [row.type, row.id, row.version - 1]))
 
     async def get(self, type_: str, id_: str) -> Row | None:
         rows = await self._fetch(f"SELECT {', '.join(COLUMNS)} FROM resources WHERE type = ? AND id = ?", (type_, id_))
@@ -197,6 +219,19 @@ class Tx:
     async def execute(self, sql: str, params: Sequence = ()) -> None:
         await self._execute(sql, params)
 
+    async def has_column(self, table: str, column: str) -> bool:
+        raise NotImplementedError
+
+    async def migrate_schema(self) -> None:
+        """Create what is missing (safe to repeat on an existing database)."""
+        for statement in SCHEMA:
+            await self._execute(statement)
+        for table, column, type_ in ADDED_COLUMNS:
+            if not await self.has_column(table, column):
+                await self._execute(f"ALTER TABLE {table} ADD COLUMN {column} {type_}")
+        for statement in AFTER_ADDED_COLUMNS:
+            await self._execute(statement)
+
 
 class Storage:
     """A database the service stores into; ``Storage.connect(url)`` picks the driver."""
@@ -222,8 +257,7 @@ class Storage:
 
     async def migrate(self) -> None:
         async with self.transaction() as tx:
-            for statement in SCHEMA:
-                await tx.execute(statement)
+            await tx.migrate_schema()
 
     async def analyze(self) -> None:
         """Refresh the query planner's statistics (after a bulk load such as the seed)."""
@@ -245,6 +279,9 @@ class _SqliteTx(Tx):
     async def _fetch(self, sql: str, params: Sequence = ()) -> list[tuple]:
         return self.conn.execute(sql, tuple(params)).fetchall()
 
+    async def has_column(self, table: str, column: str) -> bool:
+        return bool(self.conn.execute("SELECT 1 FROM pragma_table_info(?) WHERE name = ?", (table, column)).fetchall())
+
     async def insert(self, rows: Sequence[Row]) -> None:  # one executemany: the hot path of a submission
         self.conn.executemany(f"INSERT INTO resources ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                               [r.params() for r in rows])
@@ -258,6 +295,7 @@ class SqliteStorage(Storage):
         self.lock = asyncio.Lock()
         self.waiting = 0  # transactions queued for the lock
         self.batch: list[asyncio.Future] | None = None  # units of work in the open write transaction
+        self.commit_scheduled = False
 
     async def open(self) -> None:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves. Autocommit reads see committed data.
@@ -265,7 +303,14 @@ class SqliteStorage(Storage):
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash; fsync at checkpoints
         self.conn.execute("PRAGMA busy_timeout=30000")
-        self.conn.execute("PRAGMA wal_autocheckpoint=10000")  # checkpoint every ~40 MB of WAL, not every 4 MB
+        # Checkpoints (copying WAL pages into the database file, then fsync) cost half of a COMMIT's
+        # time under load, and a 10,000-page one stalled the event loop and every request queued on
+        # it for ~35 ms. A thread with its own connection does that copying off the event loop
+        # (sqlite3 releases the GIL while it works). The writer still checkpoints every 1,000 pages,
+        # but then only copies the few pages the thread has not yet: that completes the checkpoint,
+        # which lets the next transaction start the WAL over (the thread alone never catches a
+        # moment with nothing left to copy under steady writes, and the WAL would grow without end).
+        self.conn.execute("PRAGMA wal_autocheckpoint=1000")
         self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the indexes of a year's data stay in memory
         self.conn.execute("PRAGMA mmap_size=268435456")
         self.conn.execute("PRAGMA temp_store=MEMORY")
@@ -273,9 +318,35 @@ class SqliteStorage(Storage):
         # Keep the planner's statistics fresh: without them SQLite scans the primary key (type, id)
         # instead of the patient / team indexes, 100x slower on a seeded database.
         self.conn.execute("PRAGMA optimize=0x10002")
+        self._stop_checkpoints = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        """Copy committed WAL pages into the database file, every ``CHECKPOINT_EVERY_S`` while there is
+        something to copy. PASSIVE never waits for readers or writers: it copies what it can.
+        With ``synchronous=NORMAL`` this is also where the database file is fsynced."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        pause_s = CHECKPOINT_IDLE_S
+        try:
+            while not self._stop_checkpoints.wait(pause_s):
+                try:
+                    _busy, wal_pages, copied_pages = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+                except sqlite3.Error:  # e.g. busy; the next pass tries again
+                    log.debug("checkpoint pass failed", exc_info=True)
+                    continue
+                pause_s = CHECKPOINT_EVERY_S if copied_pages > 0 or wal_pages > 0 else CHECKPOINT_IDLE_S
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # at shutdown: leave a small WAL behind
+        except sqlite3.Error:
+            log.warning("final checkpoint failed", exc_info=True)
+        finally:
+            conn.close()
 
     async def close(self) -> None:
         if self.conn is not None:
+            self._stop_checkpoints.set()
+            if self._checkpointer.is_alive():
+                await asyncio.to_thread(self._checkpointer.join, 30)
             self.conn.close()
             self.conn = None
 
@@ -308,14 +379,23 @@ class SqliteStorage(Storage):
                 self.conn.execute("RELEASE unit")
                 done = asyncio.get_running_loop().create_future()
                 self.batch.append(done)
-            if self.waiting == 0 or len(self.batch) >= GROUP_COMMIT_MAX:
+            if len(self.batch) >= GROUP_COMMIT_MAX:
                 self._commit_batch()
+            elif not self.commit_scheduled:
+                # Commit once the coroutines that are ready to run now have had their turn: requests
+                # whose bodies arrived in the same loop iteration join this transaction.
+                self.commit_scheduled = True
+                asyncio.get_running_loop().call_soon(self._commit_batch)
         if failed is not None:
             raise failed
-        await done
+        if done is not None:
+            await done
 
     def _commit_batch(self) -> None:
-        batch, self.batch = self.batch or [], None
+        self.commit_scheduled = False
+        if self.batch is None:
+            return  # committed already (the batch filled up before this scheduled call ran)
+        batch, self.batch = self.batch, None
         try:
             self.conn.execute("COMMIT")
         except Exception as exc:  # the whole group is lost: every unit of it fails, none is answered as stored
@@ -350,6 +430,10 @@ class _PgTx(Tx):
     async def _fetch(self, sql: str, params: Sequence = ()) -> list[tuple]:
         return [tuple(r) for r in await self.conn.fetch(_pg(sql), *params)]
 
+    async def has_column(self, table: str, column: str) -> bool:
+        return bool(await self.conn.fetch("SELECT 1 FROM information_schema.columns WHERE table_schema = "
+                                          "current_schema() AND table_name = $1 AND column_name = $2", table, column))
+
     async def insert(self, rows: Sequence[Row]) -> None:
         await self.conn.executemany(_pg(f"INSERT INTO resources ({', '.join(COLUMNS)}) VALUES "
                                         f"({', '.join('?' * len(COLUMNS))})"), [r.params() for r in rows])
@@ -381,11 +465,14 @@ class PostgresStorage(Storage):
         # Serialise concurrent migrations of several workers with an advisory lock.
         async with self.transaction() as tx:
             await tx.execute("SELECT pg_advisory_xact_lock(20261126)")
-            for statement in SCHEMA:
-                await tx.execute(statement)
+            await tx.migrate_schema()
 
 
 _last_id_us = [0]
+# Ids need uniqueness, not secrecy: a fast PRNG (secrets.randbits is an os.urandom syscall per id),
+# seeded per process from the OS and re-seeded in a forked child so that worker processes differ.
+_id_random = random.Random(os.urandom(16))
+os.register_at_fork(after_in_child=lambda: _id_random.seed(os.urandom(16)))
 
 
 def _base26(n: int, width: int) -> str:
@@ -404,7 +491,7 @@ def new_id() -> str:
     never contain a run of digits that looks like a CPR number (audit masking would mangle it)."""
     now_us = max(time.time_ns() // 1000, _last_id_us[0] + 1)
     _last_id_us[0] = now_us
-    return f"{_base26(now_us, 11)}-{_base26(secrets.randbits(37), 8)}"
+    return f"{_base26(now_us, 11)}-{_base26(_id_random.getrandbits(37), 8)}"
 
 
 def _integrity_errors() -> tuple[type[Exception], ...]:

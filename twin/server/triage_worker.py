@@ -139,6 +139,9 @@ class TriageWorker:
                         batch_done += 1
             done += batch_done
             self.triaged += batch_done
+            # Let requests run between batches. (With SQLite nothing in a transaction suspends, so
+            # without this a drain of a long outbox would hold the event loop from start to end.)
+            await asyncio.sleep(0)
             if not pending:
                 return done
 
