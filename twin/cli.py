@@ -6,6 +6,7 @@
     twin validate SCENARIO…                                 check scenario files, write nothing
     twin serve [--database URL] [--workers N]               the FHIR API (issue 3)
     twin seed SCENARIO [--database URL]                     load a scenario's population into it
+    twin loadtest SCENARIO [--target URL] [--window W] …    Locust replay of its trace (issue 4)
 """
 
 from __future__ import annotations
@@ -225,6 +226,38 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from twin.loadtest import LoadTestError, LoadTestRun, run_loadtest
+
+    run = LoadTestRun(scenario=Path(args.scenario), target=args.target, window=args.window, speedup=args.speedup,
+                      duration_s=args.duration, processes=args.processes, users=args.users,
+                      clinicians=args.clinicians, step=args.step, step_p95_ms=args.step_p95_ms,
+                      step_max_fail_ratio=args.step_max_fail_ratio, out=Path(args.out) if args.out else None,
+                      quiet=args.quiet)
+    try:
+        summary = run_loadtest(run)
+    except LoadTestError as exc:
+        print(f"twin loadtest: {exc}", file=sys.stderr)
+        return 2
+    total = next((e for e in summary["endpoints"] if e["endpoint"] == "Aggregated"), None)
+    for e in summary["endpoints"]:
+        print(f"{e['endpoint']:28s} {e['requests']:8d} req {e['failures']:6d} failed {e['throughput_rps']:8.1f} req/s "
+              f"p50 {e['p50_ms']} p95 {e['p95_ms']} p99 {e['p99_ms']} ms")
+    per_app = ", ".join(f"{a} {n}" for a, n in summary.get("requests_per_app", {}).items())
+    print(f"requests per app: {per_app}; late events {summary.get('late_events', 0)} "
+          f"(max lag {summary.get('lag_max_s', 0)} s)")
+    out = Path(args.out) if args.out else Path("results") / Path(args.scenario).stem / "loadtest"
+    print(f"-> {out}/summary.json")
+    return 0 if total is not None and total["failures"] == 0 else 1
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="twin", description="The FUT twin: COPD telemonitoring digital twin.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -274,6 +307,23 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("--database", help="as for serve (env TWIN_DATABASE, default sqlite:///twin.db)")
     sd.add_argument("--base-url", help="the base URL the service will run at (env TWIN_BASE_URL)")
     sd.set_defaults(func=cmd_seed)
+
+    lt = sub.add_parser("loadtest", help="replay a scenario's trace against the API with Locust (issue 4)")
+    lt.add_argument("scenario")
+    lt.add_argument("--target", help="base URL of a seeded API; default: start and seed a local one on SQLite")
+    lt.add_argument("--window", default="peak-hour",
+                    help="peak-hour | monday | january-week | outage | START..END (default peak-hour)")
+    lt.add_argument("--speedup", type=_positive_float, default=1.0, help="trace seconds per second (default 1)")
+    lt.add_argument("--duration", type=_positive_float, help="cap on the run in seconds")
+    lt.add_argument("--processes", type=int, default=0, help="Locust worker processes (default: one process)")
+    lt.add_argument("--users", type=_positive_int, default=200, help="pool of Locust users carrying out arrivals")
+    lt.add_argument("--clinicians", type=int, default=5, help="of the pool, nurses' apps (default 5)")
+    lt.add_argument("--step", help="step load RATE,SECONDS,STEPS (sessions/s added per step) instead of the replay")
+    lt.add_argument("--step-p95-ms", type=_positive_float, default=1000.0, help="step load stops above this p95")
+    lt.add_argument("--step-max-fail-ratio", type=float, default=0.01, help="… or above this failed share")
+    lt.add_argument("--out", help="default results/<scenario>/loadtest")
+    lt.add_argument("--quiet", action="store_true")
+    lt.set_defaults(func=cmd_loadtest)
 
     v = sub.add_parser("validate", help="check scenario files without running them")
     v.add_argument("scenarios", nargs="+")

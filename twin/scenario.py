@@ -14,7 +14,8 @@ The vocabulary:
   deaths, dropout) of its citizens;
 * a **regime** is how often and when citizens measure, and how reliably;
 * **rules** are the national standard thresholds and questionnaire significances;
-* **care** is the care teams' staffing and working hours.
+* **care** is the care teams' staffing and working hours;
+* **apps** are the citizen-app vendors and their habits (used by the load test, ``twin/apps.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from twin import rules as triage_rules
+from twin.apps import Apps
 from twin.rules.measurements import MEASUREMENTS, QUESTIONS
 from twin.validation import ScenarioError, build, field, merge, to_plain
 
@@ -381,6 +383,7 @@ class Scenario:
     devices: Devices
     uploads: Uploads
     outcomes: Outcomes
+    apps: Apps  # citizen-app vendors: used by the load test only (twin/apps.py)
 
     def validate(self) -> None:
         if not self.cohorts:

@@ -188,7 +188,12 @@ def audit_event(refs: fr.Refs, row: tuple) -> dict:
 
 # -- the search -----------------------------------------------------------------------------------
 
-_COLUMNS = "at, trace_id, user_type, user_id, org, action, subtype, patient, resource_type, resource_id, query"
+_COLUMNS = ("r.at, r.trace_id, r.user_type, r.user_id, r.org, r.action, r.subtype, p.patient, r.resource_type, "
+            "r.resource_id, r.query")
+# An audit event is a request joined with one patient it touched (or with none: user management).
+# With a patient, the search starts from that patient's keys; without, from the requests.
+_FROM_PATIENT = " FROM audit_patient p JOIN audit_request r ON r.id = p.request"
+_FROM_REQUESTS = " FROM audit_request r LEFT JOIN audit_patient p ON p.request = r.id"
 
 
 async def search_audit_events(self: Service, request: Request) -> Response:
@@ -200,19 +205,20 @@ async def search_audit_events(self: Service, request: Request) -> Response:
         where: list[str] = []
         params: list = []
         patient = self.ref_id(q.get("patient"), "Patient", "patient")
+        at = "p.at" if patient is not None else "r.at"  # the same time; p.at is in the patient key
         if patient is not None:
-            where.append("patient = ?")
+            where.append("p.patient = ?")
             params.append(patient)
         for value in q.getlist("date"):
             sql, values = date_condition(value)
-            where.append(sql)
+            where.append(sql.replace("at ", f"{at} "))
             params += values
         if q.get("action") is not None:
             actions = q["action"].split(",")
             if not actions or not set(actions) <= set(ACTIONS):
                 raise bad_request("SEARCH_INVALID_CODE", f"action={q['action']!r}: use a comma list of "
                                                          f"{', '.join(ACTIONS)}")
-            where.append(f"action IN ({', '.join('?' for _ in set(actions))})")
+            where.append(f"r.action IN ({', '.join('?' for _ in set(actions))})")
             params += sorted(set(actions))
         sort = q.get("_sort", "date")
         if sort not in ("date", "-date"):
@@ -220,9 +226,10 @@ async def search_audit_events(self: Service, request: Request) -> Response:
         direction = "DESC" if sort == "-date" else "ASC"
         count, offset = page_count(q), page_offset(q)
         sql_where = f" WHERE {' AND '.join(where)}" if where else ""
-        total = int((await tx.fetch(f"SELECT COUNT(*) FROM audit{sql_where}", params))[0][0])
-        rows = await tx.fetch(f"SELECT {_COLUMNS} FROM audit{sql_where} ORDER BY at {direction}, "
-                              f"trace_id {direction}, COALESCE(patient, '') {direction} LIMIT ? OFFSET ?",
+        source = _FROM_PATIENT if patient is not None else _FROM_REQUESTS
+        total = int((await tx.fetch(f"SELECT COUNT(*){source}{sql_where}", params))[0][0])
+        rows = await tx.fetch(f"SELECT {_COLUMNS}{source}{sql_where} ORDER BY {at} {direction}, "
+                              f"r.trace_id {direction}, COALESCE(p.patient, '') {direction} LIMIT ? OFFSET ?",
                               [*params, count, offset])
         # Reading the audit trail writes no audit rows per patient. Audit rows are not patient data,
         # and an audit of audit reads would grow the table it reads with every search (a search over

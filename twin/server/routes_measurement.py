@@ -192,7 +192,7 @@ async def search_observations(self: Service, request: Request) -> Response:
         total = await tx.count("Observation", filters)
         rows = await tx.search("Observation", filters, order, limit=count, offset=offset)
         await self.audit(tx, claims, "R", "search", [r.patient for r in rows], "Observation", query=str(q))
-    entries = [{"fullUrl": self.refs.url("Observation", r.id), "resource": jsonfast.loads(r.body), "mode": "match"}
+    entries = [{"fullUrl": self.refs.url("Observation", r.id), "resource": jsonfast.raw(r.body), "mode": "match"}
                for r in rows]
     next_url = page_url(request, offset + count) if offset + len(rows) < total else None
     return fhir_response(fr.bundle_searchset(entries, total, str(request.url), next_url))

@@ -234,8 +234,8 @@ async def _audit_admin(tx, claims: auth.Claims, action: str, subtype: str, type_
     """One audit row without a patient. FUT's audit is per patient touched (``Service.audit`` writes
     none for zero patients), but changing who may see patient data is worth a trace of its own: the
     auditor finds these by searching without ``patient``."""
-    await tx.audit([(now, uuid.uuid4().hex, claims.user_type, claims.user_id, claims.context.organization_id, action,
-                     subtype, None, type_, id_, None)])
+    await tx.audit((now, uuid.uuid4().hex, claims.user_type, claims.user_id, claims.context.organization_id, action,
+                    subtype, type_, id_, None), [])
 
 
 async def _set_participant(self: Service, tx, team: Row, practitioner_id: str, org: str, role: str, present: bool,

@@ -44,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from twin.server import auth
+from twin.server import auth, jsonfast
 from twin.server import fhir as fr
 from twin.server.errors import FhirError, bad_request, not_found, unprocessable
 from twin.server.service import Service, fhir_response, now_iso, page_count, page_offset, read_json
@@ -268,18 +268,18 @@ async def search_tasks(self: Service, request: Request) -> Response:
         rows = await tx.search("Task", filters, order, limit=count + 1, offset=offset)
         more, rows = len(rows) > count, rows[:count]
         if "Task:focus" in q.getlist("_include"):
-            seen = set()
+            by_type: dict[str, list[str]] = {}
             for r in rows:
-                focus = json.loads(r.body).get("focus", {}).get("reference")
+                focus = (jsonfast.loads(r.body).get("focus") or {}).get("reference")
                 try:
-                    key = self.refs.parse(focus)
+                    type_, id_ = self.refs.parse(focus)
                 except ValueError:  # a focus this server cannot resolve is simply not included
                     continue
-                if key not in seen:
-                    seen.add(key)
-                    f = await tx.get(*key)
-                    if f is not None and f.team == team:
-                        included.append(f)
+                if id_ not in by_type.setdefault(type_, []):
+                    by_type[type_].append(id_)
+            for type_, ids in by_type.items():  # one query per focus type, not one per Task
+                found = {f.id: f for f in await tx.search(type_, [Filter("id", "in", ids)], limit=len(ids))}
+                included += [found[i] for i in ids if i in found and found[i].team == team]
         await self.audit(tx, claims, "R", "search", [r.patient for r in rows], "Task", query=str(q))
     return self.searchset(request, rows, included, next_offset=offset + count if more else None)
 

@@ -96,11 +96,10 @@ class Service:
     async def audit(self, tx, claims: auth.Claims, action: str, subtype: str | None, patients, resource_type: str,
                     resource_id: str | None = None, query: str | None = None) -> None:
         """One audit row per patient touched (FUT: one AuditEvent per patient), in the request's transaction."""
-        now = now_iso()
-        trace = uuid.uuid4().hex
-        rows = [(now, trace, claims.user_type, claims.user_id, claims.context.organization_id, action, subtype, p,
-                 resource_type, resource_id, query) for p in sorted({p for p in patients if p})]
-        await tx.audit(rows)
+        touched = sorted({p for p in patients if p})
+        if touched:
+            await tx.audit((now_iso(), uuid.uuid4().hex, claims.user_type, claims.user_id,
+                            claims.context.organization_id, action, subtype, resource_type, resource_id, query), touched)
 
     async def require_membership(self, tx, claims: auth.Claims) -> None:
         """403 ``SECURITY_TOKEN_CONTEXT_NOT_ALLOWED`` unless a practitioner's token context still holds.
@@ -158,9 +157,9 @@ class Service:
 
     def searchset(self, request: Request, rows: list[Row], included: list[Row] = (), total: int | None = None,
                   next_offset: int | None = None) -> Response:
-        entries = [{"fullUrl": self.refs.url(r.type, r.id), "resource": jsonfast.loads(r.body), "mode": "match"}
+        entries = [{"fullUrl": self.refs.url(r.type, r.id), "resource": jsonfast.raw(r.body), "mode": "match"}
                    for r in rows]
-        entries += [{"fullUrl": self.refs.url(r.type, r.id), "resource": jsonfast.loads(r.body), "mode": "include"}
+        entries += [{"fullUrl": self.refs.url(r.type, r.id), "resource": jsonfast.raw(r.body), "mode": "include"}
                     for r in included]
         next_url = None
         if next_offset is not None:
