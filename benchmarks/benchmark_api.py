@@ -42,7 +42,7 @@ from httpload import build_request, run_load  # noqa: E402
 
 from twin.scenario import load_scenario  # noqa: E402
 from twin.seed import seed  # noqa: E402
-from twin.server import fhir_resources as fr  # noqa: E402
+from twin.server import fhir as fr  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SECRET = "benchmark-secret-" + "y" * 40

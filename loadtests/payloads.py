@@ -2,7 +2,7 @@
 
 The load test talks to the API over HTTP only, as a vendor's app would: it builds the FUT shapes
 itself (reference/fut-infrastructure.md §2 and §4) and does not import the server. A test checks
-:func:`submission` against the server's own builder (``twin.server.fhir_resources.submission``),
+:func:`submission` against the server's own builder (``twin.server.fhir.submission``),
 so the two cannot drift apart.
 
 A reading is sent as its **canonical value** (docs/TRACE.md): ``round(float(value), decimals)``

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from loadtests import payloads
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 
 BASE = "http://127.0.0.1:8080"
 

@@ -84,7 +84,7 @@ def create_app(settings: Settings) -> Starlette:
         async with service.storage.transaction() as tx:
             await tx.fetch("SELECT 1")
         return JSONResponse({"status": "ok", "database": settings.database.split("://")[0],
-                             "triaged": service.triage.triaged})
+                             "triaged": service.triage.triaged, "triage_failed": service.triage.failed})
 
     async def metadata(request: Request) -> Response:
         resources = {t: ["read", "search-type"] for t in SERVICE_OF}

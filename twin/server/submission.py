@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from twin.rules import MEASUREMENTS
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 from twin.server import jsonfast
 from twin.server.errors import FhirError, bad_request, unprocessable
 from twin.server.storage import Filter, Row, Tx, new_id
@@ -61,10 +61,22 @@ def _ref_id(refs, reference: str | None, expected_type: str, what: str) -> str:
     return id_
 
 
+def _reference(value) -> str | None:
+    """``value.reference`` if ``value`` is a Reference object; None for anything else (a client's
+    string or list where an object belongs then fails as a missing reference, never as a 500)."""
+    reference = value.get("reference") if isinstance(value, dict) else None
+    return reference if isinstance(reference, str) else None
+
+
+def _first(value):
+    return value[0] if isinstance(value, list) and value else None
+
+
 def _episode_ref(resource: dict) -> str | None:
-    for ext in resource.get("extension") or []:
+    extensions = resource.get("extension")
+    for ext in extensions if isinstance(extensions, list) else []:
         if isinstance(ext, dict) and ext.get("url") == EPISODE_EXT:
-            return (ext.get("valueReference") or {}).get("reference")
+            return _reference(ext.get("valueReference"))
     return None
 
 
@@ -86,7 +98,10 @@ def parse_submission(body: object, refs) -> tuple[list[dict], list[str]]:
     """Shape checks that need no database: returns the entries and their identifiers."""
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise bad_request("REQUEST_WRONG_RESOURCE_TYPE", "$submit-measurement expects a Parameters resource")
-    params = [p for p in body.get("parameter") or [] if isinstance(p, dict) and p.get("name") == "measurement"]
+    given = body.get("parameter") or []
+    if not isinstance(given, list):
+        raise bad_request(f"{CODE}MISSING_MEASUREMENT_PARAMETER", "Parameters.parameter must be a list")
+    params = [p for p in given if isinstance(p, dict) and p.get("name") == "measurement"]
     if len(params) != 1:
         raise bad_request(f"{CODE}MISSING_MEASUREMENT_PARAMETER", "Parameters needs exactly one 'measurement' parameter")
     bundle = params[0].get("resource")
@@ -118,7 +133,7 @@ def parse_submission(body: object, refs) -> tuple[list[dict], list[str]]:
             raise bad_request(f"{CODE}DUPLICATE_FULLURL", f"{where}.fullUrl {full_url} appears twice")
         seen.add(full_url)
         request = e.get("request") or {}
-        if request.get("method") != "POST" or request.get("url") != r["resourceType"]:
+        if not isinstance(request, dict) or request.get("method") != "POST" or request.get("url") != r["resourceType"]:
             raise bad_request(f"{CODE}INVALID_REQUEST", f"{where}.request must be POST {r['resourceType']}")
         idents.append(full_url)
     return entries, idents
@@ -129,7 +144,7 @@ async def check_submission(entries: list[dict], idents: list[str], claims, tx: T
     patients, episodes = set(), set()
     for k, e in enumerate(entries):
         r, where = e["resource"], f"Bundle.entry[{k}].resource"
-        patients.add(_ref_id(refs, (r.get("subject") or {}).get("reference"), "Patient", where))
+        patients.add(_ref_id(refs, _reference(r.get("subject")), "Patient", where))
         episodes.add(_ref_id(refs, _episode_ref(r), "EpisodeOfCare", where))
     if len(patients) > 1:
         raise unprocessable(f"{CODE}INPUT_FOR_DIFFERENT_PATIENTS", "The resources provided are for different patients.")
@@ -152,7 +167,7 @@ async def check_submission(entries: list[dict], idents: list[str], claims, tx: T
     if episode.status != "active":
         raise unprocessable(f"{CODE}EPISODEOFCARE_NOT_ACTIVE", f"EpisodeOfCare/{episode_id} is {episode.status}, not active")
     plan = Plan(patient_id, episode_id, episode.team, episode.org, entries, idents)
-    sr_ids = [_ref_id(refs, ((e["resource"].get("basedOn") or [{}])[0] or {}).get("reference"), "ServiceRequest",
+    sr_ids = [_ref_id(refs, _reference(_first(e["resource"].get("basedOn"))), "ServiceRequest",
                       f"Bundle.entry[{k}].resource") for k, e in enumerate(entries)]
     wanted = sorted(set(sr_ids))
     found = {row.id: row for row in await tx.search("ServiceRequest", [Filter("id", "in", wanted)], limit=len(wanted))}
@@ -168,7 +183,7 @@ async def check_submission(entries: list[dict], idents: list[str], claims, tx: T
         if r["resourceType"] == "Observation":
             _check_observation(r, sr, sr_id, where)
         else:
-            _check_questionnaire_response(r, where)
+            _check_questionnaire_response(r, where, refs)
     return plan
 
 
@@ -176,8 +191,9 @@ def _check_observation(r: dict, sr: Row, sr_id: str, where: str) -> None:
     if r.get("status") != "final":
         raise unprocessable(f"{CODE}INVALID_STATUS", f"Measurement status {r.get('status')} is invalid. Status must be "
                             "final for measurement of type Observation")
-    codings = (r.get("code") or {}).get("coding") or []
-    coding = codings[0] if codings and isinstance(codings[0], dict) else {}
+    code = r.get("code")
+    codings = code.get("coding") if isinstance(code, dict) else None
+    coding = codings[0] if isinstance(codings, list) and codings and isinstance(codings[0], dict) else {}
     measurement = BY_CODE.get((coding.get("system"), coding.get("code")))
     if measurement is None or sr.code != coding.get("code"):
         raise unprocessable(f"{CODE}INVALID_OBSERVATION_CODE",
@@ -195,18 +211,34 @@ def _check_observation(r: dict, sr: Row, sr_id: str, where: str) -> None:
     if not lo <= float(value) <= hi:
         raise unprocessable(f"{CODE}IMPOSSIBLE_VALUE", f"{where}: {measurement.name} {value} {measurement.unit_ucum} is "
                             f"not a possible reading (allowed {lo:g}-{hi:g})")
-    effective = r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start")
+    period = r.get("effectivePeriod")
+    effective = r.get("effectiveDateTime") or (period.get("start") if isinstance(period, dict) else None)
     _parse_time(effective, f"{where}.effective")
 
 
-def _check_questionnaire_response(r: dict, where: str) -> None:
+def _check_questionnaire_response(r: dict, where: str, refs) -> None:
+    questionnaire = r.get("questionnaire")
+    if questionnaire is not None:  # the triage reads the answers' significance from it
+        try:
+            type_, _ = refs.parse(questionnaire)
+        except ValueError:
+            type_ = None
+        if type_ != "Questionnaire":
+            raise bad_request("REQUEST_INVALID_REFERENCE", f"{where}.questionnaire: {questionnaire!r} is not a "
+                              "reference to a Questionnaire")
     if r.get("status") != "completed":
         raise unprocessable(f"{CODE}INVALID_STATUS", f"Measurement status {r.get('status')} is invalid. Status must be "
                             "completed for measurement of type QuestionnaireResponse")
     _parse_time(r.get("authored"), f"{where}.authored")
-    for k, item in enumerate(r.get("item") or []):
-        answers = item.get("answer") if isinstance(item, dict) else None
-        if not isinstance(answers, list) or len(answers) != 1 or not isinstance(answers[0].get("valueBoolean"), bool):
+    items = r.get("item") or []
+    if not isinstance(items, list):
+        raise bad_request(f"{CODE}INVALID_BUNDLE", f"{where}.item must be a list")
+    for k, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("linkId"), str):
+            raise bad_request(f"{CODE}INVALID_BUNDLE", f"{where}.item[{k}] needs a linkId")
+        answers = item.get("answer")
+        if (not isinstance(answers, list) or len(answers) != 1 or not isinstance(answers[0], dict)
+                or not isinstance(answers[0].get("valueBoolean"), bool)):
             raise unprocessable(f"{CODE}TOO_MANY_ANSWERS" if isinstance(answers, list) and len(answers) > 1
                                 else f"{CODE}TOO_FEW_ANSWERS",
                                 f"{where}.item[{k}] needs exactly one valueBoolean answer")

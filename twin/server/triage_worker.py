@@ -21,7 +21,7 @@ import logging
 import math
 
 from twin.rules import ReferenceRanges, triage_session
-from twin.server import fhir_resources as fr
+from twin.server import fhir as fr
 from twin.server import jsonfast
 from twin.server.missing_job import run_missing_measurement_job
 from twin.server.storage import Filter, Row, Storage, Tx, new_id
@@ -98,6 +98,9 @@ async def _write_triage(tx: Tx, outbox_id: str, payload: dict, refs, finding) ->
         new.append(Row("Communication", msg_id, 1, now, patient, episode, team, org, msg.get("status"), "message", now,
                        None, f"message:{outbox_id}", jsonfast.dumps(msg)))
     await tx.insert(new)
+    if finding.colour == "red":  # the team's inbox finds it by the indexed recipient column
+        await tx.execute("UPDATE resources SET recipient = ? WHERE type = 'Communication' AND id = ?",
+                         (f"CareTeam/{team}", msg_id))
     return finding.colour
 
 
@@ -116,6 +119,7 @@ class TriageWorker:
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.triaged = 0
+        self.failed = 0  # items parked as triage_failed (a bug or a poison payload: look at the log)
         self.questionnaires: dict = {}
 
     def start(self) -> None:
@@ -131,12 +135,11 @@ class TriageWorker:
         """Triage everything pending now, a batch per transaction; returns how many were done."""
         done = 0
         while True:
-            async with self.storage.transaction() as tx:
-                pending = await tx.outbox_pending("triage", BATCH)
-                batch_done = 0
-                for outbox_id, payload in pending:
-                    if await triage_one(tx, outbox_id, jsonfast.loads(payload), self.refs, self.questionnaires):
-                        batch_done += 1
+            try:
+                pending, batch_done = await self._triage_batch(BATCH)
+            except Exception:  # noqa: BLE001 - one bad item must not block the outbox: go one by one
+                log.exception("triage batch failed; retrying its items one at a time")
+                pending, batch_done = await self._triage_singly(BATCH)
             done += batch_done
             self.triaged += batch_done
             # Let requests run between batches. (With SQLite nothing in a transaction suspends, so
@@ -144,6 +147,41 @@ class TriageWorker:
             await asyncio.sleep(0)
             if not pending:
                 return done
+
+    async def _triage_batch(self, limit: int) -> tuple[list, int]:
+        async with self.storage.transaction() as tx:
+            pending = await tx.outbox_pending("triage", limit)
+            batch_done = 0
+            for outbox_id, payload in pending:
+                if await triage_one(tx, outbox_id, jsonfast.loads(payload), self.refs, self.questionnaires):
+                    batch_done += 1
+        return pending, batch_done
+
+    async def _triage_singly(self, limit: int) -> tuple[list, int]:
+        """Each pending item in its own transaction. An item that fails alone is parked as
+        ``triage_failed`` (kept, counted in ``/health``, logged) instead of being retried forever
+        in front of every submission behind it."""
+        async with self.storage.transaction() as tx:
+            pending = await tx.outbox_pending("triage", limit)
+        batch_done = 0
+        for outbox_id, _payload in pending:
+            try:
+                _, n = await self._triage_one_by_id(outbox_id)
+                batch_done += n
+            except Exception:  # noqa: BLE001 - parked below, with the reason in the log
+                log.exception("triage of outbox item %s failed; parked as triage_failed", outbox_id)
+                async with self.storage.transaction() as tx:
+                    await tx.execute("UPDATE outbox SET kind = 'triage_failed' WHERE id = ?", (outbox_id,))
+                self.failed += 1
+        return pending, batch_done
+
+    async def _triage_one_by_id(self, outbox_id: str) -> tuple[list, int]:
+        async with self.storage.transaction() as tx:
+            rows = await tx.fetch("SELECT payload FROM outbox WHERE id = ? AND kind = 'triage'", (outbox_id,))
+            if not rows:
+                return [], 0
+            colour = await triage_one(tx, outbox_id, jsonfast.loads(rows[0][0]), self.refs, self.questionnaires)
+        return rows, int(colour is not None)
 
     async def _nightly(self) -> None:
         """Yesterday's missing-measurement job, once per UTC day (the database stops a second run)."""
