@@ -69,6 +69,19 @@ def wait_healthy(url: str, proc: subprocess.Popen) -> None:
     raise RuntimeError(f"{url} not healthy")
 
 
+def wait_triage_idle(base: str, limit_s: float = 60.0) -> float:
+    """Seconds until the triage worker has caught up (its count stops moving for 1 s)."""
+    started = time.monotonic()
+    last = -1
+    while time.monotonic() - started < limit_s:
+        triaged = httpx.get(f"{base}/health").json()["triaged"]
+        if triaged == last:
+            break
+        last = triaged
+        time.sleep(1.0)
+    return round(time.monotonic() - started - 1.0, 1)
+
+
 async def pg(sql: str) -> None:
     import asyncpg
 
@@ -154,12 +167,13 @@ def bench_twin(kind: str, tmp: Path, args) -> dict:
         pools = prepare_requests(base, host, citizens=300, submissions=int(args.duration * 2500) + 5000)
         out = {"seed_s": seeded.wall_s, "resources": seeded.resources}
         for label, pool in (("submit", pools["submit"]), ("worklist", pools["worklist"]), ("episode", pools["episode"])):
+            if label != "submit":
+                out["triage_backlog_s"] = wait_triage_idle(base)  # reads are measured without triage running
             res = asyncio.run(run_load("127.0.0.1", port, pool, args.concurrency, args.duration))
             out[label] = res.summary()
             print(f"  {kind:10s} {label:9s} {res.rps:8.0f} req/s  p50 {res.percentile_ms(50):6.1f}  "
                   f"p95 {res.percentile_ms(95):6.1f}  p99 {res.percentile_ms(99):6.1f} ms  errors {res.errors}",
                   flush=True)
-        time.sleep(2)  # let the triage worker catch up before reading its progress
         out["triaged_after_run"] = httpx.get(f"{base}/health").json()["triaged"]
         return out
     finally:

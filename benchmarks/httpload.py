@@ -103,3 +103,68 @@ async def run_load(host: str, port: int, requests: Sequence[bytes], concurrency:
     lat = np.array(latencies)
     errors = sum(n for s, n in statuses.items() if not 200 <= s < 300)
     return LoadResult(len(lat), errors, duration_s, lat, dict(sorted(statuses.items())))
+
+
+@dataclass
+class OpenLoadResult:
+    """One row per arrival: its phase, when it was due (s from start), latency from then, status (0: no answer)."""
+
+    phase: np.ndarray
+    due_s: np.ndarray
+    latency_ms: np.ndarray
+    status: np.ndarray
+
+
+async def run_open_load(host: str, port: int, requests: Sequence[bytes], phases: Sequence[tuple[float, float]],
+                        seed: int = 0, max_connections: int = 1024, timeout_s: float = 30.0) -> OpenLoadResult:
+    """Open model: requests arrive as a Poisson process whose rate changes by phase
+    (``(duration_s, rate_per_s)``), whatever the server's latency. Each arrival takes an idle
+    keep-alive connection or opens one (at most ``max_connections``; beyond, it waits for one).
+    Latency is measured from the arrival's due time, so client-side waiting counts, as it does
+    for a citizen's app."""
+    rng = np.random.default_rng(seed)
+    due, phase_of = [], []
+    t0 = 0.0
+    for k, (duration_s, rate) in enumerate(phases):
+        n = rng.poisson(rate * duration_s)
+        times = np.sort(rng.uniform(t0, t0 + duration_s, n))
+        due += times.tolist()
+        phase_of += [k] * n
+        t0 += duration_s
+    n = len(due)
+    latency = np.full(n, np.nan)
+    status = np.zeros(n, dtype=np.int32)
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    slots = asyncio.Semaphore(max_connections)
+    start = time.perf_counter()
+
+    async def one(i: int) -> None:
+        async with slots:
+            for attempt in range(2):  # a kept-alive connection the server has just closed: once more, on a new one
+                conn = idle.pop() if idle and attempt == 0 else None
+                reused = conn is not None
+                try:
+                    if conn is None:
+                        conn = await asyncio.open_connection(host, port)
+                    reader, writer = conn
+                    writer.write(requests[i % len(requests)])
+                    status[i] = await asyncio.wait_for(_read_response(reader), timeout_s)
+                    latency[i] = (time.perf_counter() - start - due[i]) * 1000
+                    idle.append(conn)
+                    return
+                except (TimeoutError, OSError, asyncio.IncompleteReadError):
+                    if conn is not None:
+                        conn[1].close()
+                    if not reused:
+                        return
+
+    tasks = []
+    for i in range(n):
+        delay = due[i] - (time.perf_counter() - start)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    for _, writer in idle:
+        writer.close()
+    return OpenLoadResult(np.array(phase_of), np.array(due), latency, status)

@@ -32,6 +32,7 @@ from locust.runners import MasterRunner, WorkerRunner
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `loadtests` and `twin` from the repository
 
 from loadtests import schedule  # noqa: E402
+from loadtests.latency_log import LATENCY_LOG  # noqa: E402
 from loadtests.shapes import StepPlan, replay_users  # noqa: E402
 from loadtests.users import (  # noqa: E402
     COUNTERS,
@@ -73,12 +74,17 @@ def _options(parser) -> None:
                    help="workers sharing the schedule (default: --processes or --expect-workers)")
     g.add_argument("--replay-report", env_var="TWIN_REPLAY_REPORT", default="",
                    help="write per-app request counts, lag and steps to this JSON file at the end")
+    g.add_argument("--no-message-polls", env_var="TWIN_NO_MESSAGE_POLLS", action="store_true", default=False,
+                   help="leave out the apps' background inbox polls (they are not in the trace or the platform model)")
+    g.add_argument("--latency-log", env_var="TWIN_LATENCY_LOG", default="",
+                   help="write every request (end time, endpoint, latency, ok) to this CSV file (one per process)")
 
 
 def options_of(environment) -> Options:
     o = environment.parsed_options
     return Options(trace_dir=Path(o.trace_dir), window=o.window, speedup=o.speedup, seed=o.seed,
-                   scenario=Path(o.scenario) if o.scenario else None, step=step_plan(o), run_tag=o.run_tag)
+                   scenario=Path(o.scenario) if o.scenario else None, step=step_plan(o), run_tag=o.run_tag,
+                   message_polls=not getattr(o, "no_message_polls", False))
 
 
 def step_plan(o) -> StepPlan | None:
@@ -100,6 +106,12 @@ def _init(environment, **_kw) -> None:
         return
     ClinicianAppUser.fixed_count = 0 if o.step else max(o.clinicians, 0)
     environment.events.request.add_listener(count_request)
+    if getattr(o, "latency_log", "") and not isinstance(environment.runner, MasterRunner):
+        path = Path(o.latency_log)
+        if isinstance(environment.runner, WorkerRunner):  # one file per worker process
+            path = path.with_name(f"{path.stem}.{environment.runner.worker_index}{path.suffix}")
+        LATENCY_LOG.open(path)
+        environment.events.request.add_listener(LATENCY_LOG.record)
     if not isinstance(environment.runner, WorkerRunner):
         # Check the trace, window and step plan now: an error inside the shape would only be logged.
         try:
@@ -135,6 +147,7 @@ def _start(environment, **_kw) -> None:
 @events.quitting.add_listener
 def _quitting(environment, **_kw) -> None:
     o = environment.parsed_options
+    LATENCY_LOG.close()
     if isinstance(environment.runner, WorkerRunner) or not o or not o.replay_report:
         return
     report = {"window": o.window, "speedup": o.speedup, "step": o.step, "run_tag": o.run_tag,

@@ -125,6 +125,7 @@ class Options:
     scenario: Path | None = None  # resolved scenario beside the trace (for apps and questions)
     step: StepPlan | None = None
     run_tag: str = ""
+    message_polls: bool = True  # the apps' background inbox polls (not in the trace: off for model comparisons)
     part: schedule.Part = field(default_factory=schedule.Part)
 
 
@@ -150,7 +151,7 @@ class Replay:
         if opts.step is None:
             citizen = schedule.citizen_events(trace, self.window, part)
             polls = {c: self.apps[a].message_poll_min for c, a in self.app_of.items()
-                     if self.apps[a].message_poll_min is not None}
+                     if self.apps[a].message_poll_min is not None} if opts.message_polls else {}
             self.citizen_queue = schedule.merge(citizen, schedule.poll_events(trace, self.window, polls, self.seed,
                                                                               part))
             self.clinician_queue = iter(schedule.clinician_events(trace, self.window, part))

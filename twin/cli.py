@@ -7,6 +7,7 @@
     twin serve [--database URL] [--workers N]               the FHIR API (issue 3)
     twin seed SCENARIO [--database URL]                     load a scenario's population into it
     twin loadtest SCENARIO [--target URL] [--window W] …    Locust replay of its trace (issue 4)
+    twin capacity SCENARIO [--budget S]                     calibrate, compare, recommend (issue 4)
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             build_report(out)
         bar.update(1)
         bar.close()
+    if not args.no_report and not getattr(args, "no_loadtest", False):
+        capacity_status = _capacity(Path(args.scenario), out_final.parent, args.quiet)
+        if capacity_status == 0:
+            from twin.report import build_report as _rebuild
+            _rebuild(out_final)
     print(f"{name}: {info['citizens']} citizens, {info['sessions']} sessions, {info['wall_s']} s "
           f"-> {out_final}/report.html" + ("" if not args.no_report else " (no report)"))
     cal = (out_final / "tables" / "calibration.csv").read_text(encoding="utf-8").splitlines()
@@ -105,6 +111,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outside and scenario.cohorts[0].disease == "copd" and name.startswith("kol-10k"):
         print(f"note: outside the calibration bands: {', '.join(outside)}")
     return 0
+
+
+def _capacity(scenario: Path, results: Path, quiet: bool, budget_s: float | None = None) -> int:
+    from twin.capacity.pipeline import CapacityRun, run_capacity
+    from twin.loadtest import LoadTestError
+
+    try:
+        s = run_capacity(CapacityRun(scenario, results=results, budget_s=budget_s, quiet=quiet))
+    except (LoadTestError, OSError, ValueError) as exc:
+        print(f"twin capacity: {exc}", file=sys.stderr)
+        return 2
+    sat = s["saturation"]
+    print(f"capacity: saturation measured {sat['measured_per_s']:.0f} req/s, model {sat['predicted_per_s']:.0f} "
+          f"({sat['rel_error']:+.0%}); first to saturate: {s['bottleneck']}; "
+          f"load-test part {s['timings_s']['loadtest_total']:.0f} s")
+    return 0
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    return _capacity(Path(args.scenario), Path(args.results), args.quiet, args.budget)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -271,7 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="results directory (default results/<scenario file name>)")
     r.add_argument("--no-report", action="store_true", help="write tables and trace only")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--no-loadtest", action="store_true",
+                   help="skip the load test and capacity comparison (results/<scenario>/capacity/)")
     r.set_defaults(func=cmd_run)
+
+    cp = sub.add_parser("capacity", help="measure the API, calibrate the platform model, compare, recommend (issue 4)")
+    cp.add_argument("scenario")
+    cp.add_argument("--budget", type=_positive_float, help="seconds of load testing (default: capacity.loadtest_budget_s)")
+    cp.add_argument("--results", default="results", help="results root (default results)")
+    cp.add_argument("--quiet", action="store_true")
+    cp.set_defaults(func=cmd_capacity)
 
     c = sub.add_parser("compare", help="compare two scenarios with common random numbers")
     c.add_argument("a")

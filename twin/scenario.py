@@ -371,6 +371,20 @@ class Outcomes:
     red_ppv_window_days: float = field(lo=0, hi=60)
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """Service objectives and design loads of the capacity report (twin/capacity/)."""
+
+    write_p95_ms: float = field(lo=1, hi=60_000)  # submissions and other writes
+    read_p95_ms: float = field(lo=1, hi=60_000)  # reads, searches and logins
+    headroom: float = field(lo=0, hi=10)  # the design load x (1 + headroom) must still meet the objectives
+    populations: tuple[int, ...] = field(lo=1, hi=50_000_000)
+    outage_backlog_hours: float = field(lo=0, hi=168)
+    catch_up_hours: float = field(lo=0.05, hi=168)
+    postgres_db_share: float = field(lo=0, hi=0.95)
+    loadtest_budget_s: float = field(lo=10, hi=3600)
+
+
 # ------------------------------------------------------------------------------------ scenario
 @dataclass(frozen=True)
 class Scenario:
@@ -384,6 +398,7 @@ class Scenario:
     uploads: Uploads
     outcomes: Outcomes
     apps: Apps  # citizen-app vendors: used by the load test only (twin/apps.py)
+    capacity: Capacity  # service objectives and design loads of the capacity report
 
     def validate(self) -> None:
         if not self.cohorts:

@@ -66,6 +66,8 @@ class LoadTestRun:
     out: Path | None = None
     results: Path = Path("results")
     quiet: bool = False
+    message_polls: bool = True  # False: leave out the apps' inbox polls (not in the trace or the platform model)
+    latency_log: bool = False  # every request to <out>/requests.csv (loadtests/latency_log.py), for calibration
 
 
 def _loadtests():
@@ -237,6 +239,10 @@ def locust_command(run: LoadTestRun, base: str, trace_dir: Path, out: Path, limi
                 "--step-max-fail-ratio", str(run.step_max_fail_ratio)]
     if run.processes > 1:
         cmd += ["--processes", str(run.processes)]
+    if not run.message_polls:
+        cmd += ["--no-message-polls"]
+    if run.latency_log:
+        cmd += ["--latency-log", str(out / "requests.csv")]
     return cmd
 
 

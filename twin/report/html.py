@@ -257,7 +257,24 @@ def build_report(run_dir: Path) -> Path:
                   key_figures=_key_figures(tables.get("outcomes"), info["scenario"]),
                   team_columns=team_columns, team_rows=team_rows,
                   calibration=_calibration_rows(tables.get("calibration")), figures=figures,
-                  model_link=_model_link(run_dir), model_doc=MODEL_DOC, defaults_file=DEFAULTS_FILE)
+                  model_link=_model_link(run_dir), model_doc=MODEL_DOC, defaults_file=DEFAULTS_FILE,
+                  capacity=_capacity_context(run_dir))
+
+
+def _capacity_context(run_dir: Path) -> dict | None:
+    """The capacity section's numbers and figures, when ``twin capacity`` (or ``twin run``) wrote them."""
+    cap = Path(run_dir) / "capacity"
+    if not (cap / "capacity.json").is_file():
+        return None
+    from twin.report.capacity_figures import draw_capacity_figures
+
+    summary = json.loads((cap / "capacity.json").read_text(encoding="utf-8"))
+    pngs = draw_capacity_figures(cap)
+    read = lambda f: pd.read_csv(cap / f).to_dict("records") if (cap / f).is_file() else []  # noqa: E731
+    levels = [r for r in read("levels.csv") if r["endpoint"] in ("all", "submit_measurement")]
+    return {"s": summary, "levels": levels, "steps": read("steps.csv"), "usl": read("usl.csv"),
+            "recommendation": read("recommendation.csv"), "storage": read("storage.csv"),
+            "figures": {n: _data_uri(p) for n, p in pngs.items()}}
 
 
 # ----------------------------------------------------------------------------------- comparison

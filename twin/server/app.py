@@ -14,6 +14,7 @@ import logging
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -33,6 +34,7 @@ from twin.server import (
     routes_task,
 )
 from twin.server import fhir as fr
+from twin.server.admission import Admission
 from twin.server.errors import FhirError, outcome_response
 from twin.server.service import SERVICE_OF, Service, fhir_response
 from twin.server.settings import Settings
@@ -52,6 +54,9 @@ def guarded(handler, retry_on_conflict: bool = False):
     which then finds the stored copy."""
 
     async def endpoint(request: Request) -> Response:
+        if "\x00" in request.scope["path"] or b"%00" in request.scope["query_string"].lower():
+            # no FHIR id, token or string holds NUL, and PostgreSQL text cannot: refuse it up front
+            return outcome_response(400, "REQUEST_INVALID_CHARACTER", "the path or query holds a NUL character")
         for attempt in range(2):
             try:
                 return await handler(request)
@@ -84,7 +89,8 @@ def create_app(settings: Settings) -> Starlette:
         async with service.storage.transaction() as tx:
             await tx.fetch("SELECT 1")
         return JSONResponse({"status": "ok", "database": settings.database.split("://")[0],
-                             "triaged": service.triage.triaged, "triage_failed": service.triage.failed})
+                             "triaged": service.triage.triaged, "triage_failed": service.triage.failed,
+                             "admission": service.admission.stats() if service.admission else None})
 
     async def metadata(request: Request) -> Response:
         resources = {t: ["read", "search-type"] for t in SERVICE_OF}
@@ -109,7 +115,9 @@ def create_app(settings: Settings) -> Starlette:
               Route("/openapi.json", guarded(openapi.endpoint))]
     for module in (*ROUTE_MODULES, routes_read):
         routes += module.routes(service, guarded)
-    app = Starlette(routes=routes, lifespan=lifespan,
+    shedding = Middleware(Admission, max_inflight=settings.max_inflight, max_wait_ms=settings.max_wait_ms,
+                          max_queue=settings.max_queue, service=service)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[shedding] if settings.load_shedding else [],
                     exception_handlers={HTTPException: http_error, Exception: server_error})
     app.state.service = service
     return app

@@ -38,6 +38,8 @@ async def token(self: Service, request: Request) -> Response:
         form = {k: v[-1] for k, v in urllib.parse.parse_qs(raw.decode("utf-8"), keep_blank_values=True).items()}
     except UnicodeDecodeError:
         raise bad_request("REQUEST_MALFORMED_FORM", "the form is not UTF-8") from None
+    if any("\x00" in k or "\x00" in v for k, v in form.items()):  # PostgreSQL text cannot hold NUL
+        raise bad_request("REQUEST_MALFORMED_FORM", "the form holds a NUL character")
     grant = form.get("grant_type")
     if grant == "password":
         username, password = str(form.get("username", "")), str(form.get("password", ""))
@@ -54,8 +56,11 @@ async def token(self: Service, request: Request) -> Response:
                        else auth.permissions_for_roles(json.loads(roles)))
         return JSONResponse(self.tokens.issue(user_type, user_id, realm, permissions, context))
     if grant == "refresh_token":
-        context = auth.Context(**{k: _context_id(self, form.get(k)) for k in
-                                  ("organization_id", "care_team_id", "patient_id", "episode_of_care_id")})
+        try:
+            context = auth.Context(**{k: _context_id(self, form.get(k)) for k in
+                                      ("organization_id", "care_team_id", "patient_id", "episode_of_care_id")})
+        except ValueError as exc:  # a context id that is not a FHIR id
+            raise bad_request("AUTH_INVALID_CONTEXT", str(exc)[:200]) from None
         refresh_token = str(form.get("refresh_token", ""))
         allowed, team_org = await _allowed_contexts(self, self.tokens.verify_refresh(refresh_token, realm))
         if context.care_team_id and not context.organization_id and context.care_team_id in team_org:

@@ -87,6 +87,7 @@ class Service:
         self.tokens = auth.TokenService(auth.derive_keys(settings.secret), self.refs.url,
                                         issuer=f"{settings.base_url}/auth")
         self.triage = TriageWorker(self.storage, self.refs, nightly_jobs=settings.nightly_jobs)
+        self.admission = None  # the load-shedding middleware registers itself (twin.server.admission)
 
     def claims(self, request: Request, realm: str | None = None) -> auth.Claims:
         header = request.headers.get("authorization", "")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -462,9 +463,17 @@ class SqliteStorage(Storage):
 _PLACEHOLDER = re.compile(r"\?")
 
 
+@functools.lru_cache(maxsize=1024)
 def _pg(sql: str) -> str:
+    """``?`` placeholders → PostgreSQL's ``$1, $2 …`` (cached: the service's statements are few)."""
     counter = iter(range(1, 10_000))
     return _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", sql)
+
+
+_PG_AUDIT = (f"WITH r AS (INSERT INTO audit_request ({', '.join(AUDIT_REQUEST_COLUMNS)}) VALUES "
+             f"({', '.join(f'${k + 1}' for k in range(len(AUDIT_REQUEST_COLUMNS)))}) RETURNING id) "
+             f"INSERT INTO audit_patient (patient, at, request) "
+             f"SELECT p, $1, r.id FROM r, unnest(${len(AUDIT_REQUEST_COLUMNS) + 1}::text[]) AS p")
 
 
 class _PgTx(Tx):
@@ -485,6 +494,11 @@ class _PgTx(Tx):
     async def has_column(self, table: str, column: str) -> bool:
         return bool(await self.conn.fetch("SELECT 1 FROM information_schema.columns WHERE table_schema = "
                                           "current_schema() AND table_name = $1 AND column_name = $2", table, column))
+
+    async def audit(self, request: Sequence, patients: Sequence[str]) -> None:
+        # One round trip instead of two: the request row and its patients' keys in one statement
+        # (a data-modifying CTE always runs, also when there are no patients).
+        await self.conn.execute(_PG_AUDIT, *request, list(patients))
 
     async def insert(self, rows: Sequence[Row]) -> None:
         await self.conn.executemany(_pg(f"INSERT INTO resources ({', '.join(COLUMNS)}) VALUES "

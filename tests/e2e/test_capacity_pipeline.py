@@ -1,0 +1,32 @@
+"""The capacity pipeline end to end on pilot-100 with a tiny budget (real server and Locust, 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_capacity_pipeline_pilot_100(tmp_path):
+    results = tmp_path / "results"
+    run = subprocess.run([sys.executable, "-m", "twin.cli", "run", str(ROOT / "scenarios/pilot-100.toml"),
+                          "--replications", "1", "--quiet", "--no-loadtest", "--out", str(results / "pilot-100")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    cap = subprocess.run([sys.executable, "-m", "twin.cli", "capacity", str(ROOT / "scenarios/pilot-100.toml"),
+                          "--budget", "25", "--results", str(results), "--quiet"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=150)
+    assert cap.returncode == 0, cap.stderr + cap.stdout
+    out = results / "pilot-100" / "capacity"
+    for f in ("calibration.json", "levels.csv", "steps.csv", "recommendation.csv", "capacity.json"):
+        assert (out / f).is_file(), f
+    s = json.loads((out / "capacity.json").read_text())
+    assert s["saturation"]["predicted_per_s"] > 0 and s["saturation"]["measured_per_s"] > 0
+    assert s["bottleneck"]
+    from twin.report import build_report
+
+    html = build_report(results / "pilot-100").read_text()
+    assert 'id="capacity"' in html

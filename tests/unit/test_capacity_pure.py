@@ -1,0 +1,126 @@
+"""Capacity pipeline pieces as pure functions on synthetic inputs (no server, no sleeping)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from twin.capacity import compare as cmp
+from twin.capacity import recommend as rec
+from twin.capacity import storage_growth as sg
+from twin.capacity.calibrate import ServerCounters, build_calibration, kind_of
+from twin.platform import PlatformConfig, ServiceTime, calibration_from_latencies
+
+MIX = {"submit_measurement": 0.3, "token": 0.7}
+
+
+def _cal(cpu_ms: float = 2.0):
+    rng = np.random.default_rng(1)
+    samples = {n: rng.lognormal(np.log(cpu_ms), 0.3, 200) for n in MIX}
+    return calibration_from_latencies(samples, database_kind="sqlite", triage_worker_ms=ServiceTime("gamma", 1.0, 1.0),
+                                      audit_write_ms=ServiceTime("gamma", 0.0, 0.0))
+
+
+def test_capacity_is_cores_over_mean_cpu():
+    cal = _cal()
+    one = cmp.capacity_per_s(cal, PlatformConfig(cores=1, workers=1), MIX)
+    two = cmp.capacity_per_s(cal, PlatformConfig(cores=2, workers=2), MIX)
+    assert one["bottleneck"] == "cpu_cores"
+    assert two["rate_per_s"] == pytest.approx(2 * one["rate_per_s"])
+    mean = sum(s * cal.endpoint(n).cpu_ms.mean_ms for n, s in MIX.items()) + 0.3 * 1.0
+    assert one["rate_per_s"] == pytest.approx(1000 / mean)
+
+
+def test_db_pool_named_bottleneck_when_db_dominates():
+    cal = rec.production_calibration(_cal(), db_share=0.9)  # DB time 9 x CPU
+    cap = cmp.capacity_per_s(cal, PlatformConfig(cores=8, workers=8, db_connections=2), MIX)
+    assert cap["bottleneck"] == "db_connections"
+
+
+def test_measured_and_compare_levels():
+    req = pd.DataFrame({"start_s": np.arange(100) / 10.0, "endpoint": ["token"] * 100,
+                        "latency_ms": np.linspace(1, 10, 100), "ok": 1})
+    m = cmp.measured_by_endpoint(req, 0.0, 10.0).assign(level="a")
+    assert m.set_index("endpoint").loc["all", "throughput_per_s"] == pytest.approx(10.0)
+    p = m.copy()
+    p["p95_ms"] *= 1.1
+    out = cmp.compare_levels(p, m, saturation_per_s=100.0)
+    row = out.set_index("endpoint").loc["all"]
+    assert row["p95_rel_error"] == pytest.approx(0.1) and row["within_bar"] and row["judged"]
+    assert row["load_share"] == pytest.approx(0.1)
+
+
+def test_step_points_little():
+    # 2 steps of 10 s: 10 then 20 requests/s, each 100 ms
+    starts = np.concatenate([np.arange(0, 10, 0.1), 10 + np.arange(0, 10, 0.05)])
+    req = pd.DataFrame({"start_s": starts, "endpoint": "token", "latency_ms": 100.0, "ok": 1})
+    req["end_s"] = req["start_s"] + 0.1
+    pts = cmp.step_points(req, 10.0, 0.0)
+    assert list(pts["offered_per_s"].round()) == [10, 20]
+    assert pts["concurrency"].round(1).tolist() == [1.0, 2.0]
+
+
+def test_recommend_more_cores_when_rate_doubles():
+    cal = _cal(cpu_ms=10.0)
+    obj = rec.Objectives(write_p95_ms=500, read_p95_ms=300, headroom=0.3)
+    low = rec.smallest_config(cal, 60.0, MIX, obj)
+    high = rec.smallest_config(cal, 240.0, MIX, obj)
+    assert low["meets"] and high["meets"]
+    assert high["cores"] > low["cores"]
+    assert high["bottleneck"] == "cpu_cores"
+
+
+def test_design_loads_scale_with_population():
+    arr = pd.DataFrame({"time_s": np.arange(360.0), "endpoint": "token"})
+    loads = rec.design_loads(arr, 3600.0, 1000, backlog_requests=720, backlog_hours=6, catch_up_hours=1,
+                             populations=[1000, 2000])
+    peak = loads[loads["situation"] == "peak hour"]["rate_per_s"].tolist()
+    assert peak == pytest.approx([0.1, 0.2])
+    catch = loads[loads["situation"] != "peak hour"]["rate_per_s"].tolist()
+    assert catch == pytest.approx([0.3, 0.6])
+
+
+def test_first_to_saturate():
+    t = pd.DataFrame({"bottleneck": ["cpu_cores", "db_connections", "db_connections"], "rate_per_s": [1, 2, 3]})
+    assert rec.first_to_saturate(t) == "db_connections"
+
+
+def test_storage_bytes_and_table(tmp_path):
+    db = tmp_path / "x.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE resources (body TEXT)")
+        con.execute("CREATE TABLE audit_request (body TEXT)")
+    before = sg.table_bytes(db)
+    with sqlite3.connect(db) as con:
+        con.executemany("INSERT INTO resources VALUES (?)", [("x" * 1000,)] * 100)
+        con.executemany("INSERT INTO audit_request VALUES (?)", [("y" * 100,)] * 100)
+    after = sg.table_bytes(db)
+    per = sg.bytes_per_submission(before, after, 100)
+    assert 1000 <= per["data"] < 1500 and 100 <= per["audit"] < 300
+    table = sg.storage_table(per, 100.0, [10_000, 20_000])
+    assert table["total_gb_per_year"].iloc[1] == pytest.approx(2 * table["total_gb_per_year"].iloc[0])
+    with pytest.raises(ValueError):
+        sg.bytes_per_submission(before, after, 0)
+
+
+def test_submissions_per_citizen_year():
+    sessions = pd.DataFrame({"upload_time": pd.to_datetime(["2026-01-01"] * 100 + [None] * 5)})
+    citizens = pd.DataFrame({"enrol_day": [-10.0, 0.0], "exit_day": [np.inf, 365.25]})
+    assert sg.submissions_per_citizen_year(sessions, citizens, 365.25) == pytest.approx(50.0)
+
+
+def test_build_calibration_pools_rare_endpoints_and_estimates_triage():
+    rng = np.random.default_rng(0)
+    n = 300
+    req = pd.DataFrame({"endpoint": ["token"] * 200 + ["submit_measurement"] * 95 + ["task_claim"] * 5,
+                        "latency_ms": rng.lognormal(0.5, 0.3, n), "ok": 1})
+    counters = ServerCounters(cpu_s=float(req["latency_ms"].sum()) / 1000 + 0.095, triaged=95, wall_s=10.0)
+    cal, details = build_calibration(req, counters)
+    assert details["triage_ms_estimate"] == pytest.approx(1.0)
+    assert details["endpoint_source"]["task_claim"].startswith("estimate: pooled writes")
+    assert details["endpoint_source"]["token"].startswith("measured")
+    assert kind_of("task_claim") == "write" and kind_of("token") == "read"
+    assert set(cal.endpoints) >= {"token", "submit_measurement", "communication_create"}

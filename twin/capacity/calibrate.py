@@ -1,0 +1,145 @@
+"""Calibrate the platform model from a low-load replay of the real API (→ ``calibration.json``).
+
+A replay of the scenario's peak window at a small speed-up keeps the server at a few per cent
+utilisation, so almost no request queues and each request's latency is its service time. Locust
+logs every request (``loadtests/latency_log.py``); this module turns that log into a
+:class:`twin.platform.PlatformCalibration`:
+
+* **per endpoint** — the successful requests' latencies, fitted as lognormal (mean and cv). No
+  client overhead is subtracted: with ``twin serve`` on one uvicorn worker, HTTP parsing and JSON
+  encoding run on the server's event loop and are as much service time as the handler is. The
+  Locust client's own time (a few tenths of a millisecond on loopback) is therefore counted as
+  service time: a small, conservative bias.
+* **endpoints with fewer than** ``MIN_SAMPLES`` **samples** in the short replay (rare clinician
+  writes) get the pooled samples of their kind (writes or reads) and say so in the calibration's
+  notes — an estimate, not a measurement;
+* **database split** — SQLite: ``db_fraction`` 0 (the database runs in-process, on the event loop:
+  its time *is* worker CPU time; see :data:`twin.platform.calibration.DEFAULT_DB_FRACTION`);
+* **asynchronous triage** — *estimated*, not measured per job: the server process's CPU time
+  during the replay (``/proc/<pid>/stat``) minus the summed request latencies, divided by the
+  submissions triaged meanwhile (the ``triaged`` counter of ``/health``). Its shape is assumed
+  exponential (gamma, cv 1). A negative remainder (client time in the latencies exceeds the
+  triage work) gives the floor :data:`TRIAGE_FLOOR_MS`.
+* **audit** — written inside the request's own transaction by this server, so it is already in
+  the latencies: ``fixed(0)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from twin.api_calls import ENDPOINTS
+from twin.platform import PlatformCalibration, ServiceTime, calibration_from_latencies
+from twin.platform.calibration import MIN_SAMPLES
+
+WRITE_ENDPOINTS = frozenset({"submit_measurement", "task_claim", "task_complete", "clinicalimpression_create",
+                             "communication_create"})
+TRIAGE_FLOOR_MS = 0.1  # an async job always costs something; below this the estimate is noise
+TRIAGE_CV = 1.0  # assumption: no per-job measurement, exponential-like spread
+
+
+def kind_of(endpoint: str) -> str:
+    """``write`` (creates or changes data; the submission objective) or ``read`` (the read objective)."""
+    return "write" if endpoint in WRITE_ENDPOINTS else "read"
+
+
+def read_latency_log(path: str | Path) -> pd.DataFrame:
+    """A latency log (or the directory holding ``requests*.csv``, one per Locust process) as one
+    frame with ``start_s`` added (end minus latency), sorted by start."""
+    p = Path(path)
+    files = sorted(p.glob("requests*.csv")) if p.is_dir() else [p]
+    frames = [pd.read_csv(f) for f in files if f.exists()]
+    if not frames:
+        raise FileNotFoundError(f"{path}: no request log (requests*.csv) — was the load test run with latency_log?")
+    df = pd.concat(frames, ignore_index=True)
+    df["start_s"] = df["end_s"] - df["latency_ms"] / 1000.0
+    return df.sort_values("start_s", kind="stable").reset_index(drop=True)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def triaged_count(base_url: str) -> int:
+    """The server's count of triaged submissions since it started (``GET /health``)."""
+    with urllib.request.urlopen(f"{base_url.rstrip('/')}/health", timeout=10) as r:
+        return int(json.loads(r.read())["triaged"])
+
+
+@dataclass(frozen=True)
+class ServerCounters:
+    """What the server did during the calibration replay (differences over the replay)."""
+
+    cpu_s: float
+    triaged: int
+    wall_s: float
+
+
+def calibration_samples(requests: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Successful latencies per endpoint of :data:`ENDPOINTS`; endpoints with too few get the
+    pooled samples of their kind. Returns the samples and, per endpoint, where they came from."""
+    ok = requests[(requests["ok"] == 1) & requests["endpoint"].isin(list(ENDPOINTS))]
+    by = {name: g["latency_ms"].to_numpy(dtype=float) for name, g in ok.groupby("endpoint")}
+    pools = {kind: np.concatenate([v for n, v in by.items() if kind_of(n) == kind] or [np.empty(0)])
+             for kind in ("read", "write")}
+    everything = np.concatenate(list(by.values()) or [np.empty(0)])
+    samples, source = {}, {}
+    for name in ENDPOINTS:
+        own = by.get(name, np.empty(0))
+        if own.size >= MIN_SAMPLES:
+            samples[name], source[name] = own, f"measured ({own.size} requests)"
+        elif pools[kind_of(name)].size >= MIN_SAMPLES:
+            samples[name] = pools[kind_of(name)]
+            source[name] = f"estimate: pooled {kind_of(name)}s ({own.size} own requests < {MIN_SAMPLES})"
+        elif everything.size >= MIN_SAMPLES:
+            samples[name], source[name] = everything, f"estimate: all requests pooled ({own.size} own requests)"
+        else:
+            raise ValueError(f"calibration: only {everything.size} successful requests logged; need at least "
+                             f"{MIN_SAMPLES} (a longer or faster low-load replay)")
+    return samples, source
+
+
+def triage_estimate_ms(requests: pd.DataFrame, counters: ServerCounters) -> tuple[float, str]:
+    """Mean CPU ms of one submission's asynchronous triage: (server CPU − Σ latency) / triaged."""
+    latency_s = float(requests["latency_ms"].sum()) / 1000.0
+    if counters.triaged <= 0:
+        return TRIAGE_FLOOR_MS, "estimate: no submission triaged during the replay; floor used"
+    per_ms = (counters.cpu_s - latency_s) * 1000.0 / counters.triaged
+    note = (f"estimate: server CPU {counters.cpu_s:.2f} s - summed latency {latency_s:.2f} s over "
+            f"{counters.triaged} triaged submissions = {per_ms:.2f} ms each")
+    if per_ms < TRIAGE_FLOOR_MS:
+        return TRIAGE_FLOOR_MS, note + f" (below the floor {TRIAGE_FLOOR_MS} ms: floor used)"
+    return per_ms, note
+
+
+def build_calibration(requests: pd.DataFrame, counters: ServerCounters, *,
+                      server_config: Mapping[str, object] | None = None) -> tuple[PlatformCalibration, dict]:
+    """The calibration from a low-load replay's request log and the server's counters; also a
+    dict of what was measured and what estimated (written beside it, shown in the report)."""
+    samples, source = calibration_samples(requests)
+    triage_ms, triage_note = triage_estimate_ms(requests, counters)
+    busy = float(requests["latency_ms"].sum()) / 1000.0
+    utilisation = busy / counters.wall_s if counters.wall_s > 0 else float("nan")
+    notes = ("low-load replay of the scenario's peak window; " + triage_note + "; audit written in the request's "
+             "transaction (in the latency); estimated endpoints: "
+             + (", ".join(f"{n} ({s})" for n, s in source.items() if s.startswith("estimate")) or "none"))
+    cal = calibration_from_latencies(
+        samples, database_kind="sqlite", triage_worker_ms=ServiceTime("gamma", triage_ms, TRIAGE_CV),
+        audit_write_ms=ServiceTime("gamma", 0.0, 0.0), family="lognormal",
+        server_config=dict(server_config or {"workers": 1, "server": "uvicorn", "database": "sqlite"}), notes=notes)
+    details = {"requests": int(len(requests)), "ok": int((requests["ok"] == 1).sum()), "wall_s": counters.wall_s,
+               "server_cpu_s": counters.cpu_s, "triaged": counters.triaged, "triage_ms_estimate": triage_ms,
+               "triage_note": triage_note, "utilisation_during_calibration": utilisation,
+               "endpoint_source": source,
+               "mean_service_ms": {n: e.mean_service_ms for n, e in cal.endpoints.items()}}
+    return cal, details

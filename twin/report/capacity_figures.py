@@ -1,0 +1,88 @@
+"""Figures of the capacity section, drawn from ``results/<scenario>/capacity/`` files only.
+
+* ``capacity_latency`` — predicted vs measured p95 (and p50) per load level, replay levels and
+  step-load steps, with the ±25 % band;
+* ``capacity_usl`` — measured step-load throughput against concurrency (Little's law) with the
+  fitted USL curve and the model's predicted saturation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from twin.capacity.usl import usl_throughput  # noqa: E402
+
+
+def draw_capacity_figures(cap_dir: Path) -> dict[str, Path]:
+    cap_dir = Path(cap_dir)
+    fig_dir = cap_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    out: dict[str, Path] = {}
+    summary = json.loads((cap_dir / "capacity.json").read_text(encoding="utf-8"))
+    levels = pd.read_csv(cap_dir / "levels.csv") if (cap_dir / "levels.csv").exists() else pd.DataFrame()
+    steps = pd.read_csv(cap_dir / "steps.csv") if (cap_dir / "steps.csv").exists() else pd.DataFrame()
+
+    if len(levels) or len(steps):
+        fig, ax = plt.subplots(figsize=(7.5, 4.2))
+        pts = []
+        if len(levels):
+            a = levels[levels["endpoint"] == "all"]
+            pts.append(("replay levels (all endpoints)", a["measured_p95_ms"], a["predicted_p95_ms"], "o"))
+            s = levels[(levels["endpoint"] == "submit_measurement")]
+            pts.append(("replay levels (submit_measurement)", s["measured_p95_ms"], s["predicted_p95_ms"], "s"))
+        if len(steps):
+            pts.append(("step load, per step", steps["p95_ms"], steps["predicted_p95_ms"], "^"))
+        vals = pd.concat([pd.concat([m, p]) for _, m, p, _ in pts]).dropna()
+        lo, hi = max(float(vals.min()) * 0.7, 0.1), float(vals.max()) * 1.4
+        grid = np.geomspace(lo, hi, 50)
+        ax.fill_between(grid, grid * 0.75, grid * 1.25, color="0.88", label="±25 %")
+        ax.plot(grid, grid, color="0.4", lw=1)
+        for label, m, p, marker in pts:
+            ax.scatter(m, p, marker=marker, label=label, zorder=3)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("measured p95 latency (ms)")
+        ax.set_ylabel("predicted p95 latency (ms)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out["capacity_latency"] = fig_dir / "capacity_latency.png"
+        fig.savefig(out["capacity_latency"], dpi=110)
+        plt.close(fig)
+
+    if len(steps):
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        ax1.scatter(steps["concurrency"], steps["throughput_per_s"], label="measured steps", zorder=3)
+        usl = summary.get("usl", {})
+        if "lambda_" in usl:
+            n = np.linspace(max(steps["concurrency"].min() * 0.5, 1e-3), steps["concurrency"].max() * 1.3, 200)
+            ax1.plot(n, usl_throughput(n, usl["lambda_"], usl["sigma"], usl["kappa"]), color="C1",
+                     label=f"USL fit (λ={usl['lambda_']:.3g}, σ={usl['sigma']:.3g}, κ={usl['kappa']:.2g})")
+        sat = summary.get("saturation", {})
+        if sat:
+            ax1.axhline(sat["predicted_per_s"], color="C2", ls="--", label="platform model saturation")
+            ax1.axhline(sat["measured_per_s"], color="C3", ls=":", label="measured saturation")
+        ax1.set_xlabel("concurrency N = X × R (Little's law)")
+        ax1.set_ylabel("throughput (requests/s)")
+        ax1.legend(fontsize=7)
+        ax2.plot(steps["offered_per_s"], steps["p95_ms"], "o-", label="measured p95")
+        ax2.plot(steps["offered_per_s"], steps["predicted_p95_ms"], "s--", label="predicted p95")
+        ax2.plot(steps["offered_per_s"], steps["p50_ms"], "o-", alpha=0.5, label="measured p50")
+        ax2.plot(steps["offered_per_s"], steps["predicted_p50_ms"], "s--", alpha=0.5, label="predicted p50")
+        ax2.set_yscale("log")
+        ax2.set_xlabel("offered load (requests/s)")
+        ax2.set_ylabel("latency (ms)")
+        ax2.legend(fontsize=7)
+        fig.tight_layout()
+        out["capacity_usl"] = fig_dir / "capacity_usl.png"
+        fig.savefig(out["capacity_usl"], dpi=110)
+        plt.close(fig)
+    return out
