@@ -3,7 +3,7 @@
     python benchmarks/benchmark_api.py [--duration 10] [--concurrency 32] [--skip-postgres]
 
 For each database (SQLite file, PostgreSQL at 127.0.0.1:5432): seed scenarios/pilot-1000.toml into a
-fresh database, start ``twin serve`` with one worker, and drive it with benchmarks/httpload.py (a
+fresh database, start ``twin serve`` with one worker, and drive it with twin/loadtest/httpload.py (a
 closed loop of ``--concurrency`` keep-alive connections, 1 s warm-up then ``--duration`` s):
 
 * ``submit``: ``$submit-measurement`` with a 5-resource bundle (SpO2, pulse, weight, blood pressure
@@ -38,8 +38,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from httpload import build_request, run_load  # noqa: E402
-
+from twin.loadtest.httpload import build_request, run_load  # noqa: E402
 from twin.scenario import load_scenario  # noqa: E402
 from twin.seed import seed  # noqa: E402
 from twin.server import fhir as fr  # noqa: E402

@@ -4,7 +4,7 @@
 
 Seeds scenarios/pilot-1000.toml into SQLite, starts ``twin serve`` (one worker) and measures its
 saturation throughput for ``$submit-measurement`` with a closed loop of 32 connections. Then an
-open-model load (Poisson arrivals, benchmarks/httpload.py ``run_open_load``) runs three phases:
+open-model load (Poisson arrivals, twin/loadtest/httpload.py ``run_open_load``) runs three phases:
 half the saturation rate, **twice** the saturation rate, half again. It does so twice in the same
 run, on fresh databases: with the service's load shedding (twin/server/admission.py, defaults), and
 without it (``TWIN_LOAD_SHEDDING=0``) — the baseline.
@@ -32,8 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import benchmark_api as b  # noqa: E402
-from httpload import run_load, run_open_load  # noqa: E402
 
+from twin.loadtest.httpload import run_load, run_open_load  # noqa: E402
 from twin.scenario import load_scenario  # noqa: E402
 from twin.seed import seed  # noqa: E402
 

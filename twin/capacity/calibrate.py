@@ -143,3 +143,59 @@ def build_calibration(requests: pd.DataFrame, counters: ServerCounters, *,
                "endpoint_source": source,
                "mean_service_ms": {n: e.mean_service_ms for n, e in cal.endpoints.items()}}
     return cal, details
+
+
+# --------------------------------------------------------------------------- direct calibration
+TRIAGE_MS_ESTIMATE = 0.25
+"""CPU ms of one submission's asynchronous triage. Measured by profile, not per job: py-spy of the
+server under submission load (2026-11-26) put the triage worker at ~19 % of the event loop's samples
+at ~1.1 ms of CPU per submission, i.e. ~0.2–0.3 ms. It only splits the measured CPU between the
+requests and the triage; the total is measured."""
+MIN_CPU_MS = 0.05  # a request's CPU part is never below this (a sample shorter than the overhead is noise)
+
+
+def idle_cpu_rate(cpu_s: float, wall_s: float) -> float:
+    """CPU seconds per second the server spends with no requests (timers: load-shedding heartbeat,
+    checkpointer, triage poll). Subtracted from a run's CPU: at a few requests per second it is
+    more than half of the server's CPU, and would double the calibrated demand."""
+    if wall_s <= 0:
+        raise ValueError("idle measurement needs a positive wall time")
+    return max(cpu_s, 0.0) / wall_s
+
+
+def direct_calibration(requests: pd.DataFrame, server_cpu_s: float, idle_cpu_s: float, triaged: int, *,
+                       server_config: Mapping[str, object] | None = None) -> tuple[PlatformCalibration, dict]:
+    """The calibration from a single-client direct run (:func:`twin.capacity.directload.single_client_run`).
+
+    The server's CPU during the run, less its idle CPU, less the triage of the submissions, is the
+    CPU the requests used. A request's latency is its CPU plus a part that never queues on the
+    server's core: the client and the loopback network. That part is taken as the same for every
+    request: ``overhead_ms = (Σ latency − request CPU) / requests``. Each endpoint's samples minus
+    the overhead are its CPU service times; the overhead is kept in the calibration's details and
+    added back to predicted latencies, since the measured ones include it."""
+    ok = requests[requests["ok"] == 1]
+    if len(ok) < MIN_SAMPLES:
+        raise ValueError(f"calibration: only {len(ok)} successful requests; need at least {MIN_SAMPLES}")
+    active_s = server_cpu_s - idle_cpu_s
+    request_cpu_s = active_s - triaged * TRIAGE_MS_ESTIMATE / 1000.0
+    if request_cpu_s <= 0:
+        raise ValueError(f"calibration: the server used no CPU beyond idle ({server_cpu_s:.3f} s, idle "
+                         f"{idle_cpu_s:.3f} s) — a longer or faster run is needed")
+    latency_s = float(ok["latency_ms"].sum()) / 1000.0
+    overhead_ms = max((latency_s - request_cpu_s) * 1000.0 / len(ok), 0.0)
+    shifted = ok.assign(latency_ms=np.maximum(ok["latency_ms"].to_numpy(float) - overhead_ms, MIN_CPU_MS))
+    samples, source = calibration_samples(shifted)
+    notes = (f"direct single-client run; server CPU {server_cpu_s:.3f} s - idle {idle_cpu_s:.3f} s - triage "
+             f"{triaged} x {TRIAGE_MS_ESTIMATE} ms (estimate) = {request_cpu_s:.3f} s for {len(ok)} requests; "
+             f"client + loopback overhead {overhead_ms:.3f} ms per request (subtracted); estimated endpoints: "
+             + (", ".join(f"{n} ({s})" for n, s in source.items() if s.startswith("estimate")) or "none"))
+    cal = calibration_from_latencies(
+        samples, database_kind="sqlite", triage_worker_ms=ServiceTime("gamma", TRIAGE_MS_ESTIMATE, TRIAGE_CV),
+        audit_write_ms=ServiceTime("gamma", 0.0, 0.0), family="lognormal",
+        server_config=dict(server_config or {"workers": 1, "server": "uvicorn", "database": "sqlite"}), notes=notes)
+    details = {"requests": int(len(requests)), "ok": int(len(ok)), "server_cpu_s": server_cpu_s,
+               "idle_cpu_s": idle_cpu_s, "request_cpu_s": request_cpu_s, "triaged": triaged,
+               "triage_ms_estimate": TRIAGE_MS_ESTIMATE, "overhead_ms": overhead_ms,
+               "cpu_ms_per_request": 1000.0 * request_cpu_s / len(ok), "endpoint_source": source,
+               "mean_service_ms": {n: e.mean_service_ms for n, e in cal.endpoints.items()}}
+    return cal, details

@@ -3,33 +3,37 @@
     run_capacity(CapacityRun(Path("scenarios/kol-10k.toml")))   # → results/kol-10k/capacity/
 
 One local ``twin serve`` (SQLite, 127.0.0.1, one uvicorn worker) seeded with the scenario carries
-every run, each a Locust replay with every request logged (``twin/loadtest/runner.py``). The
-apps' background inbox polls are left out: they are not in the trace nor in the platform model.
+every run. The measurements use the direct client (:mod:`twin.capacity.directload`: the peak
+hour's endpoint mix as pre-built requests, light enough to saturate the server from the other
+core); Locust replays the trace itself once, for realism.
 
-1. **calibration** — the peak window replayed at a low rate (``CALIBRATION_RATE_PER_S``, a few per
-   cent of one core) → ``calibration.json`` (:mod:`twin.capacity.calibrate`);
-2. **replay levels** — the peak window at speed-ups giving ``LEVEL_SHARES`` of the model's
-   saturation; the model runs on the *same* sub-window and speed-up (``arrivals_from_trace``);
-3. **step load** — sessions of the peak window at rising rates past saturation; the model runs
-   on Poisson arrivals at each step's measured rate and mix. A USL is fitted to the measured steps;
-4. **storage** — bytes per submission from the database file before and after all runs;
-5. **recommendation** — per population, the smallest configuration meeting the objectives.
+0. **idle** — the server's CPU at rest (timers), subtracted from every run's CPU;
+1. **calibration** — the single-user baseline: one client, one request at a time, so no request
+   ever queues, yet the server is warm (a trickle of requests minutes apart costs twice the CPU
+   per request — cold caches, event-loop wake-ups — and would calibrate a slower server than the
+   one under load). Per-endpoint CPU service times and the client + loopback overhead →
+   ``calibration.json`` (:func:`twin.capacity.calibrate.direct_calibration`);
+2. **concurrency sweep** — closed loops of 1 … 64 clients: the measured saturation, the points
+   of the USL fit, and a check against exact MVA on the calibrated demand;
+3. **open levels** — Poisson arrivals at ``LEVEL_SHARES`` of the measured saturation; the platform
+   model runs on *exactly those arrivals* and its p50/p95 are compared per endpoint (the bar:
+   ±25 % at loads up to 80 % of saturation);
+4. **trace replay** — Locust replays the peak window through the real call sequences at ~20 % of
+   saturation; shown beside the model, not judged (Locust's own client time differs);
+5. **storage** — bytes per submission from the database file before and after all runs;
+6. **recommendation** — per population, the smallest configuration meeting the objectives.
 
 The server under test is **one uvicorn worker = one event loop**: it uses at most one core
-however many the box has, so the model runs with ``cores=1, workers=1``. The box has two cores
-and the load generator (Locust) takes much of the second one; under load the two also compete,
-which the model does not see — the step load's measured saturation is a property of *this box
-with its load generator*, the report says so.
+however many the box has, so the model runs with ``cores=1, workers=1``. The load generator runs
+on the box's other core.
 
-Time: every run is bounded (``-t`` and a kill in the runner); their lengths are shares of the
-scenario's ``capacity.loadtest_budget_s``.
+Time: every run is bounded; their lengths are shares of the scenario's ``capacity.loadtest_budget_s``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import resource
 import shutil
 import sys
 import tempfile
@@ -43,13 +47,14 @@ import pandas as pd
 from twin.api_calls import CALL_SEQUENCES, ENDPOINTS
 from twin.capacity import calibrate as cb
 from twin.capacity import compare as cmp
+from twin.capacity import directload as dl
 from twin.capacity import recommend as rec
 from twin.capacity import storage_growth as sg
+from twin.capacity.mva import mva_closed
 from twin.capacity.usl import fit_usl
 from twin.loadtest.runner import LoadTestRun, LocalServer, ensure_trace, run_loadtest
 from twin.platform import (
     PlatformConfig,
-    arrivals_at_rate,
     arrivals_from_trace,
     endpoint_mix,
     save_calibration,
@@ -57,20 +62,20 @@ from twin.platform import (
 )
 from twin.scenario import load_scenario
 
-CALIBRATION_RATE_PER_S = 25.0  # ~2-5 % of one core at the 1-2 ms per request measured on this box kind
-LEVEL_SHARES = (0.2, 0.5, 0.8)  # of the model's saturation (issue 4: judge up to 80 %)
-STEPS = 8  # step k offers (k + 1) / STEP_AT_SATURATION of the model's saturation
-STEP_AT_SATURATION = 6
-STEP_P95_LIMIT_MS = 2000.0  # the step load stops after a step this slow: saturated
-SHARES = {"calibration": 0.12, "level": 0.09, "step": 0.24}  # of the budget, per run (the rest: start-up, drain)
+IDLE_S = 2.0  # the server's idle CPU is measured over this long before the calibration run
+LEVEL_SHARES = (0.2, 0.5, 0.8)  # of the measured saturation (issue 4: judge up to 80 %)
+SWEEP_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)  # closed-loop clients per step of the concurrency sweep
+SHARES = {"calibration": 0.10, "level": 0.08, "sweep": 0.26, "replay": 0.12}  # of the budget, per run
+SUBMISSIONS_PER_BUDGET_S = 140  # pre-built submissions per second of budget (~ the sweep's peak rate x share)
 DRAIN_S = 1.0
 USERS, CLINICIANS = 200, 40
 SERVER = {"workers": 1, "server": "uvicorn (one event loop)", "database": "sqlite", "host": "127.0.0.1"}
 
 
 def server_config() -> PlatformConfig:
-    """The server under test in the model's terms: one event loop → one core, one worker; the
-    "DB" part of a request is its non-CPU time (client, loopback) — a delay that never queues."""
+    """The server under test in the model's terms: one event loop → one core, one worker. The
+    client + loopback overhead of each request is not in the model's service times (it never
+    queues on the server's core); it is added to the model's latencies where they are compared."""
     return PlatformConfig(cores=1, workers=1, db_connections=10_000, db_on_app_cores=False, triage_workers=1,
                           audit_workers=1, async_low_priority=False)
 
@@ -87,11 +92,6 @@ class CapacityRun:
 def _say(run: CapacityRun, text: str) -> None:
     if not run.quiet:
         print(text, file=sys.stderr, flush=True)
-
-
-def _children_cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 def _speedup_for(sessions, actions, start: pd.Timestamp, rate_per_s: float, run_s: float,
@@ -111,6 +111,31 @@ def _speedup_for(sessions, actions, start: pd.Timestamp, rate_per_s: float, run_
 
 def _window_spec(start: pd.Timestamp, end: pd.Timestamp) -> str:
     return f"{start.isoformat()}..{end.isoformat()}"
+
+
+def _wait_triage_idle(base_url: str, limit_s: float = 30.0) -> int:
+    """The server's triaged count once it stops moving (the triage of a run's submissions is done)."""
+    deadline = time.monotonic() + limit_s
+    last = cb.triaged_count(base_url)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)  # waiting for a real server's background work
+        now = cb.triaged_count(base_url)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def predict_on(requests: pd.DataFrame, cal, cfg: PlatformConfig, overhead_ms: float, seed: int) -> pd.DataFrame:
+    """The platform model on exactly the arrivals of a measured run (``start_s``, ``endpoint``),
+    per endpoint as :func:`compare.predicted_by_endpoint`, with the client overhead added back."""
+    t0 = float(requests["start_s"].min())
+    arrivals = pd.DataFrame({"time_s": requests["start_s"].to_numpy(float) - t0,
+                             "endpoint": requests["endpoint"].astype(str).to_numpy()})
+    arrivals = arrivals.sort_values("time_s", kind="stable").reset_index(drop=True)
+    pr = simulate_platform(arrivals, cfg, cal, seed)
+    pr.requests["latency_ms"] = pr.requests["latency_ms"] + overhead_ms
+    return cmp.predicted_by_endpoint(pr)
 
 
 def run_capacity(run: CapacityRun) -> dict:
@@ -136,126 +161,127 @@ def run_capacity(run: CapacityRun) -> dict:
     peak = schedule.resolve_window("peak-hour", trace)
     trace_end = pd.Timestamp(trace.demand["minute"].iloc[-1]) + pd.Timedelta(minutes=1)
     model_cfg = server_config()
+    peak_arrivals = arrivals_from_trace(sessions, actions, peak.start, peak.end)
+    peak_mix = endpoint_mix(peak_arrivals)
     summary: dict = {"scenario": name, "budget_s": budget, "server": SERVER, "peak_window": [str(peak.start),
                                                                                               str(peak.end)]}
     timings: dict[str, float] = {}
-
-    def replay(label: str, **kw) -> tuple[pd.DataFrame, dict]:
-        t = time.monotonic()
-        c0, n0, l0 = cb.process_cpu_s(server.process.pid), cb.triaged_count(server.base_url), _children_cpu_s()
-        s = run_loadtest(replace(base_run, target=server.base_url, out=out / "runs" / label, **kw))
-        wall = time.monotonic() - t
-        counters = cb.ServerCounters(cb.process_cpu_s(server.process.pid) - c0,
-                                     cb.triaged_count(server.base_url) - n0, float(s["wall_s"]))
-        requests = cb.read_latency_log(out / "runs" / label)
-        extra = {"label": label, "wall_s": round(wall, 2), "server_cpu_s": counters.cpu_s,
-                 "locust_cpu_s": _children_cpu_s() - l0, "triaged": counters.triaged, "requests": int(len(requests)),
-                 "failed": int((requests["ok"] == 0).sum()), "counters": counters}
-        extra["server_cpu_ms_per_request"] = 1000 * counters.cpu_s / max(len(requests), 1)
-        extra["locust_cpu_ms_per_request"] = 1000 * extra["locust_cpu_s"] / max(len(requests), 1)
-        timings[label] = round(wall, 2)
-        _say(run, f"capacity {name}: {label}: {len(requests)} requests in {wall:.0f} s")
-        return requests, extra
+    in_peak = (sessions["start_time"] >= peak.start) & (sessions["start_time"] < peak.end)
+    load_sessions = sessions[in_peak] if in_peak.sum() >= 20 else sessions
 
     with tempfile.TemporaryDirectory(prefix="twin-capacity-") as tmp:
         db = Path(tmp) / "twin.db"
         t = time.monotonic()
         server = LocalServer.start(scenario_path, db, quiet=True)
         timings["seed_and_start"] = round(time.monotonic() - t, 2)
+        pid = server.process.pid
         try:
             bytes_before, triaged_before = sg.table_bytes(db), cb.triaged_count(server.base_url)
-            # 1. calibration
+            t = time.monotonic()
+            pools = dl.build_pools(server.base_url, load_sessions, sorted(trace.citizens["team_id"].astype(int).unique()),
+                                   submissions=int(SUBMISSIONS_PER_BUDGET_S * budget), seed=run.seed)
+            mix = dl.direct_mix(peak_mix, pools)
+            timings["build_requests"] = round(time.monotonic() - t, 2)
+            summary["direct_mix"] = mix
+            summary["direct_share_of_peak"] = float(sum(s for e, s in peak_mix.items() if e in mix))
+            # 0. the server's idle CPU
+            c0, t0 = cb.process_cpu_s(pid), time.monotonic()
+            time.sleep(IDLE_S)  # measuring a real process at rest
+            idle_rate = cb.idle_cpu_rate(cb.process_cpu_s(pid) - c0, time.monotonic() - t0)
+            # 1. calibration: a low-rate direct run
             cal_s = SHARES["calibration"] * budget
-            sp = _speedup_for(sessions, actions, peak.start, CALIBRATION_RATE_PER_S, cal_s, trace_end)
-            end = min(peak.start + pd.Timedelta(seconds=cal_s * sp), trace_end)
-            requests, extra = replay("calibration", window=_window_spec(peak.start, end), speedup=sp)
-            cal, details = cb.build_calibration(requests, extra.pop("counters"), server_config=SERVER)
+            c0, n0, t0 = cb.process_cpu_s(pid), cb.triaged_count(server.base_url), time.monotonic()
+            cal_req = dl.single_client_run(pools, mix, cal_s, run.seed)
+            triaged = _wait_triage_idle(server.base_url) - n0
+            wall = time.monotonic() - t0
+            cpu = cb.process_cpu_s(pid) - c0
+            cal, details = cb.direct_calibration(cal_req, cpu, idle_rate * wall, triaged, server_config=SERVER)
+            overhead_ms = details["overhead_ms"]
             save_calibration(cal, out / "calibration.json")
-            details.update(speedup=sp, window=[str(peak.start), str(end)], server_cpu_ms_per_request=
-                           extra["server_cpu_ms_per_request"], locust_cpu_ms_per_request=extra["locust_cpu_ms_per_request"])
+            cal_req.to_csv(out / "runs" / "calibration.csv", index=False)
+            details.update(clients=1, duration_s=cal_s, idle_cpu_per_s=idle_rate,
+                           utilisation_during_calibration=details["request_cpu_s"] / wall)
             (out / "calibration_details.json").write_text(json.dumps(details, indent=2, default=str), encoding="utf-8")
-            peak_arrivals = arrivals_from_trace(sessions, actions, peak.start, peak.end)
-            peak_mix = endpoint_mix(peak_arrivals)
-            model_sat = cmp.capacity_per_s(cal, model_cfg, peak_mix)
-            summary["calibration"] = {k: details[k] for k in ("requests", "speedup", "utilisation_during_calibration",
-                                                               "triage_ms_estimate", "triage_note",
-                                                               "server_cpu_ms_per_request")}
-            # 2. replay levels
+            summary["calibration"] = {k: details[k] for k in ("requests", "overhead_ms", "cpu_ms_per_request",
+                                                               "idle_cpu_s", "triage_ms_estimate", "clients",
+                                                               "utilisation_during_calibration")}
+            _say(run, f"capacity {name}: calibration: {len(cal_req)} requests, CPU {details['cpu_ms_per_request']:.2f} "
+                      f"ms per request, overhead {overhead_ms:.2f} ms")
+            # 2. closed-loop concurrency sweep: saturation and the USL's points
+            step_s = SHARES["sweep"] * budget / len(SWEEP_CONCURRENCY)
+            c0, t0 = cb.process_cpu_s(pid), time.monotonic()
+            steps = dl.closed_sweep(pools, mix, SWEEP_CONCURRENCY, step_s, run.seed)
+            sweep_cpu_ms = 1000 * (cb.process_cpu_s(pid) - c0 - idle_rate * (time.monotonic() - t0)) \
+                / max(int(steps["requests"].sum()), 1)
+            measured_sat = float(steps["throughput_per_s"].max())
+            _say(run, f"capacity {name}: sweep: saturation {measured_sat:.0f} req/s")
+            _wait_triage_idle(server.base_url)
+            # 3. open-model levels at shares of the measured saturation, the model on the same arrivals
             level_s = SHARES["level"] * budget
-            measured, predicted, runs = [], [], [extra]
-            for share in LEVEL_SHARES:
-                label = f"level-{round(share * 100)}pct"
-                sp = _speedup_for(sessions, actions, peak.start, share * model_sat["rate_per_s"], level_s, trace_end)
-                end = min(peak.start + pd.Timedelta(seconds=level_s * sp), trace_end)
-                requests, extra = replay(label, window=_window_spec(peak.start, end), speedup=sp)
-                extra.pop("counters")
-                extra.update(speedup=sp, target_share=share)
-                runs.append(extra)
-                t0 = float(requests["start_s"].min())
-                m = cmp.measured_by_endpoint(requests, t0, t0 + (end - peak.start).total_seconds() / sp)
-                # Locust's app makes a phase's calls one after another: space them by the mean latency
-                spacing_s = float(requests["latency_ms"].mean()) / 1000.0
-                arrivals = arrivals_from_trace(sessions, actions, peak.start, end, speedup=sp, call_spacing_s=spacing_s)
-                pr = simulate_platform(arrivals, model_cfg, cal, run.seed)
-                measured.append(m.assign(level=label))
-                predicted.append(cmp.predicted_by_endpoint(pr).assign(level=label))
-            # 3. step load
-            step_total = SHARES["step"] * budget
-            step_s = step_total / STEPS
-            per_session = len(CALL_SEQUENCES["citizen_submit"])
-            rate_per_step = model_sat["rate_per_s"] / per_session / STEP_AT_SATURATION
-            requests, extra = replay("step", window="peak-hour", step=f"{rate_per_step:.3f},{step_s:.3f},{STEPS}",
-                                     step_p95_ms=STEP_P95_LIMIT_MS)
-            extra.pop("counters")
-            runs.append(extra)
+            measured, predicted, runs = [], [], []
+            for k, share in enumerate(LEVEL_SHARES):
+                label = f"open-{round(share * 100)}pct"
+                req = dl.open_run(pools, mix, share * measured_sat, level_s, run.seed + 100 + k)
+                req.to_csv(out / "runs" / f"{label}.csv", index=False)
+                _wait_triage_idle(server.base_url)
+                measured.append(cmp.measured_by_endpoint(req, 0.0, level_s).assign(level=label))
+                predicted.append(predict_on(req, cal, model_cfg, overhead_ms, run.seed).assign(level=label))
+                runs.append({"label": label, "share": share, "requests": int(len(req)),
+                             "failed": int((req["ok"] == 0).sum()),
+                             "client_lag_p95_ms": float(np.nanpercentile(req["lag_ms"], 95)) if len(req) else None})
+            # 4. the trace itself, replayed by Locust through the real call sequences (realism, not judged:
+            #    Locust's client time differs from the direct client's overhead)
+            replay_s = SHARES["replay"] * budget
+            sp = _speedup_for(sessions, actions, peak.start, 0.2 * measured_sat, replay_s, trace_end)
+            end = min(peak.start + pd.Timedelta(seconds=replay_s * sp), trace_end)
+            t = time.monotonic()
+            s = run_loadtest(replace(base_run, target=server.base_url, out=out / "runs" / "replay",
+                                     window=_window_spec(peak.start, end), speedup=sp))
+            replay_req = cb.read_latency_log(out / "runs" / "replay")
+            timings["replay"] = round(time.monotonic() - t, 2)
+            if len(replay_req):
+                known = replay_req[replay_req["endpoint"].isin(list(ENDPOINTS))]
+                measured.append(cmp.measured_by_endpoint(known).assign(level="locust-replay"))
+                predicted.append(predict_on(known, cal, model_cfg, overhead_ms, run.seed).assign(level="locust-replay"))
+            runs.append({"label": "locust-replay", "speedup": sp, "requests": int(len(replay_req)),
+                         "failed": int((replay_req["ok"] == 0).sum()) if len(replay_req) else 0,
+                         "summary": {k: s.get(k) for k in ("wall_s", "requests", "failures") if k in s}})
+            _wait_triage_idle(server.base_url)
             bytes_after, triaged_after = sg.table_bytes(db), cb.triaged_count(server.base_url)
         finally:
             server.stop()
     timings["loadtest_total"] = round(time.monotonic() - started, 2)
 
-    t0 = float(requests["start_s"].min()) - 0.5 * step_s / max(rate_per_step * step_s, 1.0)
-    steps = cmp.step_points(requests, step_s, t0)
-    known = requests[requests["endpoint"].isin(list(ENDPOINTS))]
-    step_mix = endpoint_mix(known.rename(columns={}))
-    step_sat = cmp.capacity_per_s(cal, model_cfg, step_mix)
-    # the model on each step's measured offered rate, one continuous run (a backlog carries over)
-    parts = [arrivals_at_rate(r.offered_per_s, step_mix, step_s, run.seed + int(r.step), start_s=r.step * step_s)
-             for r in steps.itertuples()]
-    arr = pd.concat(parts, ignore_index=True).sort_values("time_s", kind="stable").reset_index(drop=True)
-    srun = simulate_platform(arr, model_cfg, cal, run.seed)
-    rq = srun.requests
-    pred_steps = []
-    for r in steps.itertuples():
-        a, b = r.step * step_s + 0.25 * step_s, (r.step + 1) * step_s
-        lat = rq[(rq["arrival_s"] >= a) & (rq["arrival_s"] < b)]["latency_ms"].to_numpy()
-        done = int(((rq["end_s"] >= a) & (rq["end_s"] < b)).sum())
-        pred_steps.append({"step": r.step, "predicted_p50_ms": float(np.percentile(lat, 50)) if lat.size else np.nan,
-                           "predicted_p95_ms": float(np.percentile(lat, 95)) if lat.size else np.nan,
-                           "predicted_throughput_per_s": done / (b - a)})
-    steps = steps.merge(pd.DataFrame(pred_steps), on="step", how="left")
-    measured_sat = float(steps["throughput_per_s"].max())
-    saturated = bool((steps["p95_ms"] > STEP_P95_LIMIT_MS / 2).any())
-    steps["load_share"] = steps["offered_per_s"] / measured_sat
-    steps["p95_rel_error"] = steps["predicted_p95_ms"] / steps["p95_ms"] - 1
-    steps["judged"] = steps["load_share"] <= cmp.UP_TO_SATURATION
-    steps["within_bar"] = steps["p95_rel_error"].abs() <= cmp.P95_BAR
-    steps.to_csv(out / "steps.csv", index=False)
-
+    # predicted vs measured: levels
     levels = cmp.compare_levels(pd.concat(predicted), pd.concat(measured), measured_sat)
+    levels.loc[levels["level"] == "locust-replay", "judged"] = False
     levels.to_csv(out / "levels.csv", index=False)
-    sat_err = step_sat["rate_per_s"] / measured_sat - 1
-    summary["saturation"] = {"measured_per_s": measured_sat, "measured_reached": saturated,
-                             "predicted_per_s": step_sat["rate_per_s"], "predicted_bottleneck": step_sat["bottleneck"],
+    # the sweep against exact MVA on the calibrated demand (triage included: it takes the same core)
+    demand_ms = 1000.0 / cmp.capacity_per_s(cal, model_cfg, mix)["per_resource"]["cpu_cores"]
+    x_mva, r_mva = mva_closed(demand_ms, overhead_ms, max(SWEEP_CONCURRENCY))
+    n_idx = steps["concurrency"].to_numpy() - 1
+    steps["predicted_throughput_per_s"] = x_mva[n_idx]
+    steps["predicted_mean_ms"] = r_mva[n_idx] + overhead_ms
+    steps["throughput_rel_error"] = steps["predicted_throughput_per_s"] / steps["throughput_per_s"] - 1
+    steps["mean_rel_error"] = steps["predicted_mean_ms"] / steps["mean_ms"] - 1
+    steps.to_csv(out / "steps.csv", index=False)
+    model_sat = cmp.capacity_per_s(cal, model_cfg, mix)
+    sat_err = model_sat["rate_per_s"] / measured_sat - 1
+    summary["saturation"] = {"measured_per_s": measured_sat, "measured_reached": True,
+                             "predicted_per_s": model_sat["rate_per_s"], "predicted_bottleneck": model_sat["bottleneck"],
                              "rel_error": sat_err, "within_bar": abs(sat_err) <= cmp.SATURATION_BAR,
-                             "bar": cmp.SATURATION_BAR}
+                             "bar": cmp.SATURATION_BAR, "demand_ms": demand_ms,
+                             "sweep_cpu_ms_per_request": sweep_cpu_ms}
     judged = levels[(levels["endpoint"] == "all") & levels["judged"]]
-    judged_steps = steps[steps["judged"]]
+    judged_ep = levels[(levels["endpoint"] != "all") & levels["judged"]]
     summary["p95_bar"] = {"bar": cmp.P95_BAR, "levels_judged": int(len(judged)),
                           "levels_within": int(judged["within_bar"].sum()),
-                          "steps_judged": int(len(judged_steps)), "steps_within": int(judged_steps["within_bar"].sum())}
+                          "endpoint_levels_judged": int(len(judged_ep)),
+                          "endpoint_levels_within": int(judged_ep["within_bar"].sum())}
+    summary["mix"] = mix
 
-    # 4. USL on the measured steps
-    pts = steps[(steps["concurrency"] > 0) & (steps["throughput_per_s"] > 0)]
+    # USL on the sweep (N known exactly: closed loop)
+    pts = steps[steps["throughput_per_s"] > 0]
     try:
         usl = fit_usl(pts["concurrency"].to_numpy(), pts["throughput_per_s"].to_numpy(), seed=run.seed)
         usl.table().to_csv(out / "usl.csv", index=False)
@@ -286,6 +312,7 @@ def run_capacity(run: CapacityRun) -> dict:
     busiest = int(per_min.rolling(window_min).sum().max()) if len(per_min) >= window_min else int(per_min.sum())
     peak_day = (peak.start - trace.run_start).total_seconds() / 86_400.0
     c = trace.citizens
+    per_session = len(CALL_SEQUENCES["citizen_submit"])
     enrolled = int(((c["enrol_day"] <= peak_day) & (c["exit_day"] > peak_day)).sum()) or sc.citizens
     summary["citizens_at_peak"] = enrolled
     loads = rec.design_loads(peak_arrivals, peak.duration_s, enrolled, busiest * per_session, cap.outage_backlog_hours, cap.catch_up_hours,

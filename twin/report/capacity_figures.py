@@ -35,12 +35,13 @@ def draw_capacity_figures(cap_dir: Path) -> dict[str, Path]:
         fig, ax = plt.subplots(figsize=(7.5, 4.2))
         pts = []
         if len(levels):
-            a = levels[levels["endpoint"] == "all"]
-            pts.append(("replay levels (all endpoints)", a["measured_p95_ms"], a["predicted_p95_ms"], "o"))
-            s = levels[(levels["endpoint"] == "submit_measurement")]
-            pts.append(("replay levels (submit_measurement)", s["measured_p95_ms"], s["predicted_p95_ms"], "s"))
-        if len(steps):
-            pts.append(("step load, per step", steps["p95_ms"], steps["predicted_p95_ms"], "^"))
+            open_levels = levels[levels["level"] != "locust-replay"]
+            a = open_levels[open_levels["endpoint"] == "all"]
+            pts.append(("open-model levels, all endpoints", a["measured_p95_ms"], a["predicted_p95_ms"], "o"))
+            e = open_levels[(open_levels["endpoint"] != "all") & open_levels["judged"]]
+            pts.append(("open-model levels, per endpoint", e["measured_p95_ms"], e["predicted_p95_ms"], "."))
+            r = levels[(levels["level"] == "locust-replay") & (levels["endpoint"] == "all")]
+            pts.append(("Locust trace replay (not judged)", r["measured_p95_ms"], r["predicted_p95_ms"], "s"))
         vals = pd.concat([pd.concat([m, p]) for _, m, p, _ in pts]).dropna()
         lo, hi = max(float(vals.min()) * 0.7, 0.1), float(vals.max()) * 1.4
         grid = np.geomspace(lo, hi, 50)
@@ -60,25 +61,28 @@ def draw_capacity_figures(cap_dir: Path) -> dict[str, Path]:
 
     if len(steps):
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-        ax1.scatter(steps["concurrency"], steps["throughput_per_s"], label="measured steps", zorder=3)
+        ax1.scatter(steps["concurrency"], steps["throughput_per_s"], label="measured (closed loop)", zorder=3)
+        ax1.plot(steps["concurrency"], steps["predicted_throughput_per_s"], "s--", color="C2",
+                 label="predicted (MVA on the calibrated demand)")
         usl = summary.get("usl", {})
         if "lambda_" in usl:
-            n = np.linspace(max(steps["concurrency"].min() * 0.5, 1e-3), steps["concurrency"].max() * 1.3, 200)
+            n = np.geomspace(max(steps["concurrency"].min() * 0.8, 0.5), steps["concurrency"].max() * 1.3, 200)
             ax1.plot(n, usl_throughput(n, usl["lambda_"], usl["sigma"], usl["kappa"]), color="C1",
-                     label=f"USL fit (λ={usl['lambda_']:.3g}, σ={usl['sigma']:.3g}, κ={usl['kappa']:.2g})")
+                     label=f"USL fit (λ={usl['lambda_']:.3g}, σ={usl['sigma']:.2g}, κ={usl['kappa']:.2g})")
         sat = summary.get("saturation", {})
         if sat:
-            ax1.axhline(sat["predicted_per_s"], color="C2", ls="--", label="platform model saturation")
+            ax1.axhline(sat["predicted_per_s"], color="C2", ls=":", label="platform model saturation")
             ax1.axhline(sat["measured_per_s"], color="C3", ls=":", label="measured saturation")
-        ax1.set_xlabel("concurrency N = X × R (Little's law)")
+        ax1.set_xscale("log", base=2)
+        ax1.set_xlabel("concurrent clients N")
         ax1.set_ylabel("throughput (requests/s)")
         ax1.legend(fontsize=7)
-        ax2.plot(steps["offered_per_s"], steps["p95_ms"], "o-", label="measured p95")
-        ax2.plot(steps["offered_per_s"], steps["predicted_p95_ms"], "s--", label="predicted p95")
-        ax2.plot(steps["offered_per_s"], steps["p50_ms"], "o-", alpha=0.5, label="measured p50")
-        ax2.plot(steps["offered_per_s"], steps["predicted_p50_ms"], "s--", alpha=0.5, label="predicted p50")
+        ax2.plot(steps["concurrency"], steps["mean_ms"], "o-", label="measured mean")
+        ax2.plot(steps["concurrency"], steps["predicted_mean_ms"], "s--", label="predicted mean (MVA)")
+        ax2.plot(steps["concurrency"], steps["p95_ms"], "o-", alpha=0.5, label="measured p95")
+        ax2.set_xscale("log", base=2)
         ax2.set_yscale("log")
-        ax2.set_xlabel("offered load (requests/s)")
+        ax2.set_xlabel("concurrent clients N")
         ax2.set_ylabel("latency (ms)")
         ax2.legend(fontsize=7)
         fig.tight_layout()

@@ -1,0 +1,83 @@
+"""The direct-load measurement's pure parts: MVA, endpoint sequences, request pools, calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from twin.capacity.calibrate import direct_calibration, idle_cpu_rate
+from twin.capacity.directload import RequestPools, direct_mix, endpoint_sequence
+from twin.capacity.mva import mva_closed
+
+
+def test_mva_one_client_and_saturation():
+    x, r = mva_closed(demand_ms=2.0, delay_ms=8.0, n_max=200)
+    assert x[0] == pytest.approx(1000 / 10.0)  # one client: one request per D + Z
+    assert r[0] == pytest.approx(2.0)  # … and it never queues
+    assert x[-1] == pytest.approx(500.0, rel=1e-3)  # many clients: 1 / D
+    assert np.all(np.diff(x) >= -1e-9)  # throughput never falls
+    # Little's law on the whole loop at every n
+    n = np.arange(1, 201)
+    assert np.allclose(x / 1000 * (r + 8.0), n)
+
+
+def test_mva_matches_the_machine_repairman_formula():
+    # One queue + a delay is the machine-repairman model; for n = 2 its exact throughput is known:
+    # X = (1/D) * (1 - p0), p0 = 1 / (1 + 2 rho + 2 rho^2) with rho = D / Z.
+    d, z = 1.0, 4.0
+    rho = d / z
+    p0 = 1 / (1 + 2 * rho + 2 * rho ** 2)
+    x, _ = mva_closed(d, z, 2)
+    assert x[1] == pytest.approx(1000 / d * (1 - p0))
+
+
+def test_mva_refuses_nonsense():
+    with pytest.raises(ValueError, match="demand_ms"):
+        mva_closed(0.0, 1.0, 4)
+
+
+def test_endpoint_sequence_follows_the_mix_and_the_seed():
+    mix = {"token": 0.1, "submit_measurement": 0.3, "refresh_context": 0.6}
+    a = endpoint_sequence(mix, 20_000, seed=3)
+    assert list(a[:50]) == list(endpoint_sequence(mix, 20_000, seed=3)[:50])
+    shares = pd.Series(a).value_counts(normalize=True)
+    for e, share in mix.items():
+        assert shares[e] == pytest.approx(share, abs=0.015)
+
+
+def test_pools_never_repeat_a_submission_and_mix_keeps_what_can_be_sent():
+    pools = RequestPools("127.0.0.1", 1, {"token": [b"t1", b"t2"], "submit_measurement": [b"s1", b"s2", b"s3"]})
+    assert pools.sequence(["token", "submit_measurement", "token", "token", "submit_measurement"]) == \
+        [b"t1", b"s1", b"t2", b"t1", b"s2"]
+    with pytest.raises(ValueError, match="pre-built submissions"):
+        pools.sequence(["submit_measurement"] * 4)
+    assert direct_mix({"token": 1.0, "task_claim": 1.0, "submit_measurement": 3.0}, pools) == \
+        {"token": 0.25, "submit_measurement": 0.75}
+
+
+def test_direct_calibration_splits_cpu_and_overhead():
+    rng = np.random.default_rng(0)
+    cpu_ms = {"token": 0.4, "submit_measurement": 1.2}
+    overhead_ms = 0.3
+    rows = []
+    for e, c in cpu_ms.items():
+        for _ in range(400):
+            rows.append({"endpoint": e, "latency_ms": c * rng.gamma(16, 1 / 16) + overhead_ms, "ok": 1})
+    req = pd.DataFrame(rows)
+    true_cpu_s = float((req["latency_ms"] - overhead_ms).sum()) / 1000
+    triaged = 400
+    server_cpu_s = true_cpu_s + 0.5 + triaged * 0.25 / 1000  # + idle + triage
+    cal, details = direct_calibration(req, server_cpu_s, idle_cpu_s=0.5, triaged=triaged)
+    assert details["overhead_ms"] == pytest.approx(overhead_ms, rel=1e-6)
+    for e, c in cpu_ms.items():
+        assert cal.endpoint(e).cpu_ms.mean_ms == pytest.approx(c, rel=0.05)
+    # endpoints not measured borrow their kind's samples and are marked as estimates
+    assert details["endpoint_source"]["task_claim"].startswith("estimate")
+
+
+def test_idle_rate_and_no_cpu_is_an_error():
+    assert idle_cpu_rate(0.2, 2.0) == pytest.approx(0.1)
+    req = pd.DataFrame({"endpoint": ["token"] * 50, "latency_ms": [1.0] * 50, "ok": [1] * 50})
+    with pytest.raises(ValueError, match="no CPU beyond idle"):
+        direct_calibration(req, server_cpu_s=0.1, idle_cpu_s=0.1, triaged=0)
