@@ -300,6 +300,7 @@ class Claims:
     issued_at: int = 0
     expires_at: int = 0
     token_id: str = ""
+    not_before: int = field(default=0, compare=False)  # max(iat, nbf): a token is refused before then (beyond CLOCK_SKEW_S)
 
     def permits(self, permission: str, resource_type: str | None = None) -> bool:
         return permission_name(permission, resource_type) in self.roles
@@ -348,6 +349,7 @@ def derive_keys(secret: str | bytes) -> dict[str, bytes]:
 # -- the token service ----------------------------------------------------------------------------
 
 _MAX_ROLE_SETS = 1024
+CLOCK_SKEW_S = 60  # tolerated difference between the issuer's clock and ours
 _REQUIRED_CLAIMS = ("iss", "sub", "typ", "iat", "exp", "jti", "user_type", "user_id", "realm_access")
 
 
@@ -472,6 +474,8 @@ class TokenService:
         if realm is not None and claims.realm != realm:
             raise _invalid(f"token of realm {claims.realm!r} presented to realm {realm!r}")
         now_s = self._clock()
+        if claims.not_before > now_s + CLOCK_SKEW_S:
+            raise _invalid("token not valid yet (iat or nbf lies in the future)")
         if now_s >= claims.expires_at:
             raise AuthError.of("SECURITY_TOKEN_EXPIRED", f"{'access' if typ == ACCESS else 'refresh'} token expired "
                                                          f"{now_s - claims.expires_at:.0f} s ago")
@@ -521,8 +525,9 @@ class TokenService:
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise ValueError("realm_access.roles must be a list of strings")
         issued_at, expires_at = payload["iat"], payload["exp"]
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in (issued_at, expires_at)):
-            raise ValueError("iat and exp must be integers")
+        not_before = payload.get("nbf", issued_at)
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in (issued_at, expires_at, not_before)):
+            raise ValueError("iat, nbf and exp must be integers")
         # the same few permission sets recur in every token: share one frozenset per distinct set
         key = tuple(roles)
         role_set = self._role_sets.get(key)
@@ -532,7 +537,8 @@ class TokenService:
                 self._role_sets[key] = role_set
         return Claims(user_type=user_type, user_id=user_id, realm=realm, roles=role_set,
                       context=Context.from_claim(payload.get("context") or {}, self._id_of),
-                      issued_at=issued_at, expires_at=expires_at, token_id=str(payload["jti"]))
+                      issued_at=issued_at, expires_at=expires_at, token_id=str(payload["jti"]),
+                      not_before=max(issued_at, not_before))
 
 
 def _b64decode(part: str) -> bytes:

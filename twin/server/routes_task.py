@@ -236,10 +236,35 @@ def task_transition_allowed(old: str, new: str) -> bool:
     return new in TASK_TRANSITIONS.get(old, ())
 
 
+TASK_SEARCH_PARAMS = frozenset({"responsible", "status", "patient", "episodeOfCare", "_sort", "_include", "_count",
+                                "_offset", "_format", "_pretty"})
+TASK_SORTS = ("-priority", "_lastUpdated")
+TASK_INCLUDES = ("Task:focus",)
+
+
+def _check_task_search(q) -> None:
+    """A filter the service does not know must not be dropped silently (the nurse would get more
+    than she asked for): unknown parameters, sorts, includes and status codes are a 400."""
+    for name in sorted({k for k, _ in q.multi_items()} - TASK_SEARCH_PARAMS):
+        raise bad_request("SEARCH_UNKNOWN_PARAMETER", f"Task search has no parameter {name!r}; supported: "
+                          f"{', '.join(sorted(TASK_SEARCH_PARAMS))}")
+    sort = q.get("_sort")
+    if sort is not None and sort not in TASK_SORTS:
+        raise bad_request("SEARCH_INVALID_SORT", f"_sort={sort!r}: Task search sorts by {' or '.join(TASK_SORTS)}")
+    for include in q.getlist("_include"):
+        if include not in TASK_INCLUDES:
+            raise bad_request("SEARCH_INVALID_INCLUDE", f"_include={include!r}: Task search includes {TASK_INCLUDES[0]}")
+    for status in (q.get("status") or "").split(",") if q.get("status") is not None else ():
+        if status not in TASK_STATUSES:
+            raise bad_request("SEARCH_INVALID_CODE", f"status={status!r} is not a Task status "
+                              f"({', '.join(TASK_STATUSES)})")
+
+
 async def search_tasks(self: Service, request: Request) -> Response:
     claims = self.claims(request)
     claims.require("Task.search")
     q = request.query_params
+    _check_task_search(q)
     count, offset = page_count(q), page_offset(q)
     filters = []
     if claims.user_type != "PRACTITIONER":

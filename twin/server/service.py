@@ -65,14 +65,14 @@ async def read_json(request: Request, settings: Settings) -> object:
 def page_count(q) -> int:
     """The ``_count`` search parameter, bounded."""
     raw = q.get("_count", str(DEFAULT_COUNT))
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_COUNT:
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= MAX_COUNT:  # isdigit alone takes "²", "٣"
         raise bad_request("SEARCH_INVALID_COUNT", f"_count must be an integer from 1 to {MAX_COUNT}, got {raw!r}")
     return int(raw)
 
 
 def page_offset(q) -> int:
     raw = q.get("_offset", "0")
-    if not raw.isdigit() or int(raw) > 1_000_000:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > 1_000_000:
         raise bad_request("SEARCH_INVALID_OFFSET", f"_offset must be an integer from 0 to 1000000, got {raw!r}")
     return int(raw)
 

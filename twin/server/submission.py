@@ -16,6 +16,7 @@ nothing new: the answer says it already exists and gives the original locations.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import uuid
 from dataclasses import dataclass, field
 
@@ -208,7 +209,11 @@ def _check_observation(r: dict, sr: Row, sr_id: str, where: str) -> None:
         raise unprocessable(f"{CODE}INVALID_UNIT", f"{where}: {measurement.name} is measured in UCUM "
                             f"'{measurement.unit_ucum}', got {q.get('system')}|{q.get('code')}")
     lo, hi = POSSIBLE[measurement.name]
-    if not lo <= float(value) <= hi:
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits: JSON allows it, no device sends it
+        number = math.inf
+    if not lo <= number <= hi:
         raise unprocessable(f"{CODE}IMPOSSIBLE_VALUE", f"{where}: {measurement.name} {value} {measurement.unit_ucum} is "
                             f"not a possible reading (allowed {lo:g}-{hi:g})")
     period = r.get("effectivePeriod")
