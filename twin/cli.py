@@ -99,18 +99,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             build_report(out)
         bar.update(1)
         bar.close()
+    capacity_status = 0
     if not args.no_report and not getattr(args, "no_loadtest", False):
         capacity_status = _capacity(Path(args.scenario), out_final.parent, args.quiet)
         if capacity_status == 0:
             from twin.report import build_report as _rebuild
             _rebuild(out_final)
+        else:
+            print(f"{name}: the load test failed (above); the report has no capacity section", file=sys.stderr)
     print(f"{name}: {info['citizens']} citizens, {info['sessions']} sessions, {info['wall_s']} s "
           f"-> {out_final}/report.html" + ("" if not args.no_report else " (no report)"))
     cal = (out_final / "tables" / "calibration.csv").read_text(encoding="utf-8").splitlines()
     outside = [line.split(",")[0] for line in cal[1:] if ",False," in line]
     if outside and scenario.cohorts[0].disease == "copd" and name.startswith("kol-10k"):
         print(f"note: outside the calibration bands: {', '.join(outside)}")
-    return 0
+    return capacity_status
 
 
 def _capacity(scenario: Path, results: Path, quiet: bool, budget_s: float | None = None) -> int:
