@@ -171,13 +171,20 @@ def citizen_events(trace: Trace, window: Window, part: Part = Part()) -> list[Ev
     """Session starts, uploads and duplicates in the window, for this part's citizens, in time order.
 
     Each call falls at its own trace time; an upload whose session started before the window is
-    replayed too (the app logs in again first: after that long its token has expired)."""
+    replayed too (the app logs in again first: after that long its token has expired). A session
+    opened during an outage makes no calls at its start (none reached the platform)."""
     s = trace.sessions
     s = s[part.mine(s["citizen_id"].to_numpy())]
+    offline = np.zeros(len(s), dtype=bool)  # sessions opened while the platform was unreachable
+    if trace.outages is not None:
+        for o in trace.outages.itertuples():
+            offline |= ((s["start_time"] >= o.start_time) & (s["start_time"] < o.end_time)).to_numpy()
     events = []
     for kind, column in ((SESSION_START, "start_time"), (UPLOAD, "upload_time"), (DUPLICATE, "duplicate_time")):
         at = window.seconds(s[column])
         inside = (at >= 0) & (at < window.duration_s)
+        if kind == SESSION_START:
+            inside &= ~offline  # their calls failed at the client; the app logs in again at its upload
         events += [Event(float(a), kind, int(k)) for a, k in zip(at[inside], s["session_id"].to_numpy()[inside],
                                                                  strict=True)]
     events.sort()

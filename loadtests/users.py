@@ -340,7 +340,9 @@ class CitizenAppUser(_AppUser):
     def upload(self, replay: Replay, row: dict, tag: str, duplicate: bool) -> None:
         cid, sid = int(row["citizen_id"]), int(row["session_id"])
         app = replay.app_name(cid)
-        tokens = self.fresh("nemlogin", f"citizen-{cid}", replay.citizen_tokens.get(cid), app)
+        # an expired token is renewed into the citizen's own context: a plain refresh would lose it (403)
+        tokens = self.fresh("nemlogin", f"citizen-{cid}", replay.citizen_tokens.get(cid), app,
+                            patient_id=f"p-{cid}", episode_of_care_id=f"e-{cid}")
         if tokens is None:
             return
         replay.citizen_tokens[cid] = tokens
@@ -366,7 +368,9 @@ class CitizenAppUser(_AppUser):
 
     def poll(self, replay: Replay, cid: int) -> None:
         app = replay.app_name(cid)
-        tokens = self.fresh("nemlogin", f"citizen-{cid}", replay.citizen_tokens.get(cid), app)
+        # an expired token is renewed into the citizen's own context: a plain refresh would lose it (403)
+        tokens = self.fresh("nemlogin", f"citizen-{cid}", replay.citizen_tokens.get(cid), app,
+                            patient_id=f"p-{cid}", episode_of_care_id=f"e-{cid}")
         if tokens is None:
             return
         replay.citizen_tokens[cid] = tokens

@@ -262,7 +262,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
                       duration_s=args.duration, processes=args.processes, users=args.users,
                       clinicians=args.clinicians, step=args.step, step_p95_ms=args.step_p95_ms,
                       step_max_fail_ratio=args.step_max_fail_ratio, out=Path(args.out) if args.out else None,
-                      quiet=args.quiet)
+                      message_polls=not args.no_message_polls, quiet=args.quiet)
     try:
         summary = run_loadtest(run)
     except LoadTestError as exc:
@@ -358,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--clinicians", type=int, default=5, help="of the pool, nurses' apps (default 5)")
     lt.add_argument("--step", help="step load RATE,SECONDS,STEPS (sessions/s added per step) instead of the replay")
     lt.add_argument("--step-p95-ms", type=_positive_float, default=1000.0, help="step load stops above this p95")
+    lt.add_argument("--no-message-polls", action="store_true",
+                    help="leave out the apps' background inbox polls (not in the trace; they dominate long replays)")
     lt.add_argument("--step-max-fail-ratio", type=float, default=0.01, help="… or above this failed share")
     lt.add_argument("--out", help="default results/<scenario>/loadtest")
     lt.add_argument("--quiet", action="store_true")

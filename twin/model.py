@@ -18,13 +18,14 @@ import numpy as np
 import pandas as pd
 
 from twin.care.calendar import MINUTES_PER_DAY, ShiftCalendar
-from twin.care.nurse_work import WORK_KINDS, simulate_nurse_work
+from twin.care.nurse_work import WORK_KINDS, WorkItems, simulate_nurse_work
 from twin.care.teams import active_caseload, build_teams, build_work_items
 from twin.clinical.bad_spells import simulate_bad_spells
 from twin.clinical.exacerbations import EXIT_REASONS, simulate_exacerbations
+from twin.clinical.outage import RetryPolicy, outage_windows_day, retry_through_outages
 from twin.clinical.physiology import take_readings
 from twin.clinical.population import MEASURED_VITALS, sample_citizens
-from twin.clinical.sessions import SESSION_KINDS, admitted_grid, schedule_sessions, symptomatic_grid
+from twin.clinical.sessions import SESSION_KINDS, Sessions, admitted_grid, schedule_sessions, symptomatic_grid
 from twin.organisations import load_organisations
 from twin.rng import Streams
 from twin.rules.triage import COLOURS, classify_answers, classify_values
@@ -47,6 +48,9 @@ class RunResult:
     teams: pd.DataFrame
     scheduled_due: int
     timings_s: dict[str, float] = field(default_factory=dict)
+    # With outages: the alerts' nurse work had there been no outage (same seed, same draws):
+    # session_id, kind, release_day, start_day, end_day. None without outages.
+    counterfactual_work: pd.DataFrame | None = None
 
 
 def _weekday_string(bits: np.ndarray) -> np.ndarray:
@@ -72,6 +76,7 @@ def simulate(scenario: Scenario, progress: Callable[[str], None] | None = None) 
     days = run.duration_days
     streams = Streams(run.seed)
     orgs = load_organisations()
+    outages = outage_windows_day(scenario)  # (k, 2) days; empty without outages
 
     per_cohort = []
     for k, cohort in enumerate(scenario.cohorts):
@@ -87,6 +92,10 @@ def simulate(scenario: Scenario, progress: Callable[[str], None] | None = None) 
         sessions = schedule_sessions(citizens, exits.exit_day, regime, scenario.uploads, start, days, symptomatic,
                                      admitted, s("sessions"))
         del symptomatic, admitted
+        intended_upload_day = sessions.upload_day
+        if len(outages):
+            sessions = _through_outages(sessions, outages, RetryPolicy.from_uploads(scenario.uploads),
+                                        s("outage-retries"))
         lap("sessions")
         readings = take_readings(citizens, sessions.citizen, sessions.start_day, episodes, spells, disease, regime,
                                  scenario.devices, s("readings"))
@@ -98,7 +107,8 @@ def simulate(scenario: Scenario, progress: Callable[[str], None] | None = None) 
                 level = np.maximum(level, classify_values(readings.values[v], th["red_low"], th["yellow_low"],
                                                           th["yellow_high"], th["red_high"]))
         lap("triage")
-        per_cohort.append((k, cohort, citizens, episodes, exits, spells, sessions, readings, level))
+        per_cohort.append((k, cohort, citizens, episodes, exits, spells, sessions, readings, level,
+                           intended_upload_day))
 
     # Care teams across cohorts.
     active0 = [(c.enrol_day <= 0) & (ex.exit_day > 0) for _, _, c, _, ex, *_ in per_cohort]
@@ -113,7 +123,7 @@ def simulate(scenario: Scenario, progress: Callable[[str], None] | None = None) 
     cohort_names = [c.name for c in scenario.cohorts]
     for team in team_of:
         # Pop each cohort's arrays as its frames are built, so the big ones are not held twice.
-        _k, cohort, c, ep, ex, sp, se, rd, level = per_cohort.pop(0)
+        _k, cohort, c, ep, ex, sp, se, rd, level, intended = per_cohort.pop(0)
         scheduled_due += se.scheduled_due
         n = len(c)
         ids = np.arange(offset, offset + n)
@@ -151,7 +161,7 @@ def simulate(scenario: Scenario, progress: Callable[[str], None] | None = None) 
             "team_id": team[se.citizen].astype(np.int32), "org_code": orgs.code[c.org[se.citizen]].astype(np.int16),
             "kind": pd.Categorical.from_codes(se.kind, SESSION_KINDS),
             "start_day": se.start_day, "upload_day": se.upload_day, "attempts": se.attempts,
-            "duplicate_day": se.duplicate_day,
+            "duplicate_day": se.duplicate_day, "intended_upload_day": intended,
         }
         for v in MEASURED_VITALS:
             sess[v] = rd.values[v].astype(np.float32)
@@ -181,10 +191,19 @@ def simulate(scenario: Scenario, progress: Callable[[str], None] | None = None) 
     flagged = sessions_df[sessions_df["colour"] != "green"]
     caseload = active_caseload(citizens_df["team_id"].to_numpy(), citizens_df["enrol_day"].to_numpy(),
                                citizens_df["exit_day"].to_numpy(), len(teams), days)
-    items, source, review_day = build_work_items(
-        flagged["team_id"].to_numpy(), flagged["upload_day"].to_numpy() * MINUTES_PER_DAY,
-        flagged["colour"].cat.codes.to_numpy(), caseload, care, calendar, streams.get("nurse-work"))
+    items, source, review_day = _work_items(flagged, "upload_day", caseload, care, calendar, streams)
     done = simulate_nurse_work(items, teams.fte, calendar, horizon_min=days * MINUTES_PER_DAY)
+    counterfactual = None
+    if len(outages):  # the same alerts at their intended upload times: what the outage cost the nurses
+        cf_items, cf_source, _ = _work_items(flagged, "intended_upload_day", caseload, care, calendar, streams)
+        cf_done = simulate_nurse_work(cf_items, teams.fte, calendar, horizon_min=days * MINUTES_PER_DAY)
+        alert = cf_source >= 0
+        counterfactual = pd.DataFrame({
+            "session_id": flagged["session_id"].to_numpy()[cf_source[alert]],
+            "kind": pd.Categorical.from_codes(cf_items.priority[alert], WORK_KINDS),
+            "release_day": cf_items.release_min[alert] / MINUTES_PER_DAY,
+            "start_day": cf_done.start_min[alert] / MINUTES_PER_DAY,
+            "end_day": cf_done.end_min[alert] / MINUTES_PER_DAY})
     is_alert = source >= 0
     alert_rows = flagged.iloc[np.where(is_alert, source, 0)]
     work_df = pd.DataFrame({
@@ -205,4 +224,31 @@ def simulate(scenario: Scenario, progress: Callable[[str], None] | None = None) 
                              "nurses": teams.nurses, "fte": teams.fte, "caseload_at_start": teams.caseload_at_start})
     lap("nurse_work")
     return RunResult(scenario, citizens_df, episodes_df, spells_df, sessions_df, work_df, backlog_df, teams_df,
-                     scheduled_due, timings)
+                     scheduled_due, timings, counterfactual)
+
+
+def _through_outages(sessions: Sessions, outages: np.ndarray, policy: RetryPolicy,
+                     rng: np.random.Generator) -> Sessions:
+    """The sessions with uploads that fell in an outage moved to the app's first attempt after it."""
+    r = retry_through_outages(sessions.upload_day, outages, policy, rng)
+    delivered = np.isfinite(r.upload_day)
+    # attempts: the earlier (D9) failures, the failed attempts in the outage, and the one that got through.
+    attempts = np.where(r.buffered, sessions.attempts.astype(np.int64) - 1 + r.failed_attempts + delivered,
+                        sessions.attempts)
+    return Sessions(sessions.citizen, sessions.start_day, sessions.kind, r.upload_day,
+                    np.clip(attempts, 0, np.iinfo(np.int8).max).astype(np.int8),
+                    sessions.duplicate_day + (r.upload_day - sessions.upload_day), sessions.scheduled_due)
+
+
+def _work_items(flagged: pd.DataFrame, upload_column: str, caseload: np.ndarray, care, calendar: ShiftCalendar,
+                streams: Streams):
+    """Alerts (at ``upload_column``) and routine review as nurse work items; a lost submission
+    (NaN upload) raises no alert. Its service time is still drawn, so every other alert keeps its own."""
+    items, source, review_day = build_work_items(
+        flagged["team_id"].to_numpy(), flagged[upload_column].to_numpy() * MINUTES_PER_DAY,
+        flagged["colour"].cat.codes.to_numpy(), caseload, care, calendar, streams.get("nurse-work"))
+    keep = np.isfinite(items.release_min)
+    if not keep.all():
+        items = WorkItems(items.team[keep], items.release_min[keep], items.priority[keep], items.service_min[keep])
+        source, review_day = source[keep], review_day[keep]
+    return items, source, review_day

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from twin.care.calendar import MINUTES_PER_DAY, ShiftCalendar
+from twin.clinical.outage import CATCH_UP_HORIZON_H, catch_up_minutes, outage_windows_day, uploads_per_minute
 from twin.clinical.physiology import neighbours
 from twin.model import RunResult
 
@@ -175,8 +176,10 @@ def clinical_outcomes(result: RunResult) -> dict[str, float]:
     flagged = ses[ses["colour"] != "green"]
     red = ses[ses["colour"] == "red"]
 
-    # Sensitivity: an exacerbation preceded by a flag in [onset - before, onset + after].
-    f_cit, f_t = flagged["citizen_id"].to_numpy(), flagged["upload_day"].to_numpy()
+    # Sensitivity: an exacerbation preceded by a flag in [onset - before, onset + after]. A
+    # submission lost in an outage (no upload) raised no flag.
+    delivered = flagged[flagged["upload_day"].notna()]
+    f_cit, f_t = delivered["citizen_id"].to_numpy(), delivered["upload_day"].to_numpy()
     order = np.lexsort((f_t, f_cit))
     f_cit, f_t = f_cit[order], f_t[order]
     lo_key = ep_in["citizen_id"].to_numpy() * 1e4 + ep_in["onset_day"].to_numpy() - oc.detection_window_before_onset_days
@@ -239,4 +242,57 @@ def clinical_outcomes(result: RunResult) -> dict[str, float]:
     out["nurses_staffed"] = float(result.teams["nurses"].sum())
     out["fte_staffed"] = float(result.teams["fte"].sum())
     out["utilisation"] = out["nurse_hours_per_week"] / available_h_per_week
+    if sc.outages:
+        out.update(outage_figures(result))
+    return out
+
+
+# ------------------------------------------------------------------------------------- outages
+def outage_figures(result: RunResult) -> dict[str, float]:
+    """What the outages did: submissions buffered and lost, the catch-up surge and its length, and
+    the nurses' extra alert delay (against the same run without the outage: common random numbers).
+
+    Catch-up, peak and delays are for the longest outage; counts are over all outages."""
+    sc = result.scenario
+    windows = outage_windows_day(sc)
+    ses = result.sessions
+    upload, intended = ses["upload_day"].to_numpy(), ses["intended_upload_day"].to_numpy()
+    buffered = np.isfinite(intended) & (upload != intended)  # NaN != x: lost ones are buffered too
+    lost = buffered & ~np.isfinite(upload)
+    out: dict[str, float] = {
+        "outage_hours": float((windows[:, 1] - windows[:, 0]).sum() * 24),
+        "outage_buffered": float(buffered.sum()),
+        "outage_lost": float(lost.sum()),
+        "outage_retry_attempts": float(np.clip(ses["attempts"].to_numpy()[buffered].astype(np.int64) - 1, 0, None).sum()),
+    }
+    k = int(np.argmax(windows[:, 1] - windows[:, 0]))
+    start, end = windows[k]
+    per_min = uploads_per_minute(upload, intended, start, end + CATCH_UP_HORIZON_H / 24)
+    rec = int(round((end - start) * MINUTES_PER_DAY))
+    after = per_min.iloc[rec:]
+    first_hour = after.iloc[:60]
+    out["outage_peak_uploads_per_min"] = float(after["uploads"].max())
+    out["outage_peak_counterfactual_per_min"] = float(first_hour["counterfactual"].max())
+    out["outage_catch_up_uploads_first_hour"] = float(first_hour["uploads"].sum())
+    out["outage_counterfactual_uploads_first_hour"] = float(first_hour["counterfactual"].sum())
+    out["outage_catch_up_min"] = catch_up_minutes(per_min["uploads"].to_numpy(), per_min["counterfactual"].to_numpy(), rec)
+    here = buffered & (intended >= start) & (intended < end) & np.isfinite(upload)
+    out["outage_backlog_drained_min"] = float((upload[here].max() - end) * MINUTES_PER_DAY) if here.any() else 0.0
+
+    # Alerts: intended upload -> a nurse takes the Task, with and without the outage.
+    flagged = ses["colour"].to_numpy() != "green"
+    out["outage_alerts_lost"] = float((flagged & lost).sum())
+    late = ses.loc[flagged & buffered & np.isfinite(upload), ["session_id", "intended_upload_day"]]
+    out["outage_alerts_delayed"] = float(len(late))
+    w = result.work
+    seen = w[w["session_id"] >= 0].set_index("session_id")["start_day"].reindex(late["session_id"]).to_numpy()
+    cf = result.counterfactual_work
+    cf_seen = (cf.set_index("session_id")["start_day"].reindex(late["session_id"]).to_numpy() if cf is not None
+               else np.full(len(late), np.nan))
+    t0 = late["intended_upload_day"].to_numpy()
+    for name, hours in (("outage_alert_delay_h", (seen - t0) * 24), ("outage_alert_delay_cf_h", (cf_seen - t0) * 24),
+                        ("outage_alert_extra_delay_h", (seen - cf_seen) * 24)):
+        h = hours[np.isfinite(hours)]
+        out[f"{name}_median"] = float(np.median(h)) if h.size else float("nan")
+        out[f"{name}_p95"] = float(np.percentile(h, 95)) if h.size else float("nan")
     return out

@@ -362,6 +362,15 @@ class Uploads:
     duplicate_prob: float = field(lo=0, hi=1)
     duplicate_delay_median_s: float = field(lo=0, hi=86_400)
     duplicate_delay_sigma: float = field(lo=0, hi=5)
+    # During a platform outage (twin/clinical/outage.py): capped exponential backoff with full jitter.
+    outage_backoff_base_s: float = field(lo=0.1, hi=3600)  # the first retry waits Uniform(0, base)
+    outage_backoff_factor: float = field(lo=1, hi=10)  # the bound grows by this factor per retry
+    outage_backoff_cap_min: float = field(lo=1, hi=1440)  # ... up to this cap
+    outage_buffer_keep_hours: float = field(lo=0.1, hi=8760)  # older buffered measurements are discarded (lost)
+
+    def validate(self) -> None:
+        if self.outage_backoff_base_s > self.outage_backoff_cap_min * 60:
+            raise ScenarioError("outage_backoff_base_s must not exceed outage_backoff_cap_min")
 
 
 @dataclass(frozen=True)
@@ -385,6 +394,30 @@ class Capacity:
     loadtest_budget_s: float = field(lo=10, hi=3600)
 
 
+@dataclass(frozen=True)
+class Outage:
+    """The platform is unreachable from ``start`` (local wall clock, like the trace) for ``duration_hours``."""
+
+    start: str  # ISO date-time, e.g. 2026-01-12T07:00
+    duration_hours: float = field(lo=0.01, hi=24 * 14)
+
+    def validate(self) -> None:
+        try:
+            dt.datetime.fromisoformat(self.start)
+        except ValueError:
+            raise ScenarioError(f"start: {self.start!r} is not an ISO date-time like 2026-01-12T07:00") from None
+        if dt.datetime.fromisoformat(self.start).tzinfo is not None:
+            raise ScenarioError(f"start: {self.start!r}: give the local wall clock without a time zone")
+
+    @property
+    def start_datetime(self) -> dt.datetime:
+        return dt.datetime.fromisoformat(self.start)
+
+    @property
+    def end_datetime(self) -> dt.datetime:
+        return self.start_datetime + dt.timedelta(hours=self.duration_hours)
+
+
 # ------------------------------------------------------------------------------------ scenario
 @dataclass(frozen=True)
 class Scenario:
@@ -399,6 +432,7 @@ class Scenario:
     outcomes: Outcomes
     apps: Apps  # citizen-app vendors: used by the load test only (twin/apps.py)
     capacity: Capacity  # service objectives and design loads of the capacity report
+    outages: tuple[Outage, ...] = field(default=())  # platform outages (none by default)
 
     def validate(self) -> None:
         if not self.cohorts:
@@ -415,6 +449,16 @@ class Scenario:
             if missing:
                 raise ScenarioError(f"cohorts[{i}]: regime {c.regime!r} asks {', '.join(sorted(missing))}, but disease "
                                     f"{c.disease!r} has no symptoms.<question> probabilities for it")
+        run_end = self.run.start + dt.timedelta(days=self.run.duration_days)
+        previous_end = None
+        for o in sorted(self.outages, key=lambda o: o.start_datetime):
+            i = self.outages.index(o)
+            if not self.run.start <= o.start_datetime < run_end:
+                raise ScenarioError(f"outages[{i}].start: {o.start} is outside the run "
+                                    f"({self.run.start:%Y-%m-%d} .. {run_end:%Y-%m-%d})")
+            if previous_end is not None and o.start_datetime < previous_end:
+                raise ScenarioError(f"outages[{i}]: overlaps the outage before it; merge them into one")
+            previous_end = o.end_datetime
 
     @property
     def citizens(self) -> int:

@@ -10,6 +10,8 @@ Per run, ``results/<scenario>/trace/`` holds (schema in docs/TRACE.md, checked b
   demand the platform model and Locust replay;
 * ``citizens.parquet`` and ``teams.parquet`` — the population (with each citizen's individual
   thresholds) and the care teams, what ``twin seed`` loads into the API;
+* ``outages.parquet`` — the platform outages of the scenario (``start_time``, ``end_time``; no
+  rows without one), what ``twin loadtest --window outage`` replays;
 * ``call_sequences.csv`` — the endpoints each call sequence makes (from :mod:`twin.api_calls`).
 
 Times are naive local timestamps (Europe/Copenhagen wall clock, no DST shift) at millisecond
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from twin.api_calls import CALL_SEQUENCES, ENDPOINTS, ROUTINE_REVIEW_PER_CITIZEN
+from twin.clinical.outage import in_outage, outage_windows_day
 from twin.clinical.population import MEASURED_VITALS
 from twin.model import RunResult
 
@@ -55,6 +58,7 @@ def session_table(result: RunResult) -> pd.DataFrame:
         "kind": s["kind"],
         "start_time": to_timestamp(start, s["start_day"]),
         "upload_time": to_timestamp(start, s["upload_day"]),
+        "intended_upload_time": to_timestamp(start, s["intended_upload_day"]),
         "upload_attempts": s["attempts"].astype(np.int8),
         "duplicate_time": to_timestamp(start, s["duplicate_day"]),
         "call_sequence": pd.Categorical(["citizen_submit"] * len(s), categories=list(CALL_SEQUENCES)),
@@ -109,7 +113,11 @@ def demand_per_minute(result: RunResult) -> pd.DataFrame:
         counts[endpoint] += np.bincount(minute, weights=None if weight is None else weight[ok],
                                         minlength=n_min).astype(np.int64)[:n_min]
 
-    phase_day = {"start": s["start_day"].to_numpy(), "upload": s["upload_day"].to_numpy()}
+    start_day, upload_day = s["start_day"].to_numpy(), s["upload_day"].to_numpy()
+    offline = in_outage(start_day, outage_windows_day(result.scenario))
+    if offline.any():  # the app could not log in: it does so when it delivers the buffered submission
+        start_day = np.where(offline, upload_day, start_day)
+    phase_day = {"start": start_day, "upload": upload_day}
     for endpoint, phase in CALL_SEQUENCES["citizen_submit"]:
         add(endpoint, phase_day[phase])
     add("submit_measurement", s["duplicate_day"].to_numpy())  # the duplicate upload (idempotency case)
@@ -139,6 +147,13 @@ def demand_per_minute(result: RunResult) -> pd.DataFrame:
     return out
 
 
+def outage_table(result: RunResult) -> pd.DataFrame:
+    """The scenario's outages: start_time, end_time (no rows without one)."""
+    rows = sorted((o.start_datetime, o.end_datetime) for o in result.scenario.outages)
+    return pd.DataFrame({"start_time": pd.Series([r[0] for r in rows], dtype="datetime64[ms]"),
+                         "end_time": pd.Series([r[1] for r in rows], dtype="datetime64[ms]")})
+
+
 def call_sequence_table() -> pd.DataFrame:
     rows = []
     for seq, calls in CALL_SEQUENCES.items():
@@ -163,6 +178,7 @@ def write_trace(result: RunResult, out_dir: Path) -> dict[str, pd.DataFrame]:
         "demand_per_minute": demand_per_minute(result),
         "citizens": result.citizens,
         "teams": result.teams,
+        "outages": outage_table(result),
     }
     for name, df in tables.items():
         df.to_parquet(out_dir / f"{name}.parquet", index=False, compression="zstd")
@@ -178,4 +194,11 @@ def read_trace(trace_dir: Path) -> dict[str, pd.DataFrame]:
         raise FileNotFoundError(f"{trace_dir}: not a complete trace, missing {', '.join(missing)}")
     tables = {f.removesuffix(".parquet"): pd.read_parquet(trace_dir / f) for f in TRACE_FILES if f.endswith(".parquet")}
     tables["call_sequences"] = pd.read_csv(trace_dir / "call_sequences.csv")
+    outages = trace_dir / "outages.parquet"  # written since the outage scenario; absent in older traces
+    tables["outages"] = pd.read_parquet(outages) if outages.exists() else outage_table_empty()
     return tables
+
+
+def outage_table_empty() -> pd.DataFrame:
+    return pd.DataFrame({"start_time": pd.Series([], dtype="datetime64[ms]"),
+                         "end_time": pd.Series([], dtype="datetime64[ms]")})

@@ -315,8 +315,11 @@ def run_capacity(run: CapacityRun) -> dict:
     per_session = len(CALL_SEQUENCES["citizen_submit"])
     enrolled = int(((c["enrol_day"] <= peak_day) & (c["exit_day"] > peak_day)).sum()) or sc.citizens
     summary["citizens_at_peak"] = enrolled
-    loads = rec.design_loads(peak_arrivals, peak.duration_s, enrolled, busiest * per_session, cap.outage_backlog_hours, cap.catch_up_hours,
-                             cap.populations)
+    catch_up = rec.trace_catch_up_rate(trace.demand, trace.outages)
+    summary["catch_up_from_trace"] = catch_up is not None
+    loads = rec.design_loads(peak_arrivals, peak.duration_s, enrolled, busiest * per_session, cap.outage_backlog_hours,
+                             cap.catch_up_hours, cap.populations,
+                             trace_catch_up=catch_up)
     objectives = rec.Objectives(cap.write_p95_ms, cap.read_p95_ms, cap.headroom)
     prod = rec.production_calibration(cal, cap.postgres_db_share)
     table = rec.recommend(prod, loads, peak_mix, objectives, run.seed)

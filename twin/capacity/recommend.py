@@ -7,7 +7,9 @@ Design loads (:func:`design_loads`), per population N:
 * **outage catch-up** — the trace has no outage unless its scenario simulates one, so catch-up
   is *modelled*: the uploads of ``backlog_hours`` of the busiest daytime (the session calls of the
   trace's busiest ``backlog_hours`` window) arrive in the first ``catch_up_hours`` after recovery,
-  on top of the peak hour's own demand.
+  on top of the peak hour's own demand. When the trace *has* an outage (``outages.parquet``),
+  :func:`trace_catch_up_rate` measures the catch-up from the trace instead (the busiest
+  ``window_min`` minutes of requests after the recovery), and ``design_loads`` uses that rate.
 
 Search (:func:`recommend`): for each load, cores (= uvicorn workers: one event loop per core) from
 the analytic lower bound upwards, then the DB pool, until the platform model meets every objective
@@ -69,21 +71,45 @@ def production_calibration(cal: PlatformCalibration, db_share: float) -> Platfor
 
 def design_loads(peak_arrivals: pd.DataFrame, peak_window_s: float, trace_citizens: int,
                  backlog_requests: int, backlog_hours: float, catch_up_hours: float,
-                 populations: Sequence[int]) -> pd.DataFrame:
-    """Rows (citizens, situation, rate_per_s) for the peak hour and the modelled outage catch-up.
+                 populations: Sequence[int], trace_catch_up: tuple[float, str] | None = None) -> pd.DataFrame:
+    """Rows (citizens, situation, rate_per_s) for the peak hour and the outage catch-up.
 
     ``peak_arrivals`` are the trace's requests in its peak window (``arrivals_from_trace``);
     ``backlog_requests`` the session requests of the busiest ``backlog_hours`` (delayed by the
-    outage and sent in ``catch_up_hours`` after it)."""
+    outage and sent in ``catch_up_hours`` after it). ``trace_catch_up`` — (rate per second at the
+    trace's citizens, label) from :func:`trace_catch_up_rate` — replaces that model with the
+    catch-up the trace simulated."""
     peak_rate = len(peak_arrivals) / peak_window_s
-    catch_up_rate = peak_rate + backlog_requests / (catch_up_hours * 3600.0)
+    if trace_catch_up is not None:
+        catch_up_rate, catch_up_label = trace_catch_up
+    else:
+        catch_up_rate = peak_rate + backlog_requests / (catch_up_hours * 3600.0)
+        catch_up_label = f"outage catch-up ({backlog_hours:g} h backlog in {catch_up_hours:g} h)"
     rows = []
     for n in populations:
         scale = n / trace_citizens
         rows.append({"citizens": int(n), "situation": "peak hour", "rate_per_s": peak_rate * scale})
-        rows.append({"citizens": int(n), "situation": f"outage catch-up ({backlog_hours:g} h backlog in "
-                     f"{catch_up_hours:g} h)", "rate_per_s": catch_up_rate * scale})
+        rows.append({"citizens": int(n), "situation": catch_up_label, "rate_per_s": catch_up_rate * scale})
     return pd.DataFrame(rows)
+
+
+def trace_catch_up_rate(demand: pd.DataFrame, outages: pd.DataFrame | None,
+                        window_min: int = 15) -> tuple[float, str] | None:
+    """The trace's own outage catch-up: the busiest ``window_min`` minutes of requests (all
+    endpoints, ``demand_per_minute``: ``minute``, ``requests``) within twice the longest outage's
+    length after its recovery, as requests per second; None when the trace has no outage."""
+    if outages is None or outages.empty:
+        return None
+    o = outages.assign(length=outages["end_time"] - outages["start_time"]).sort_values("length").iloc[-1]
+    start, end = pd.Timestamp(o["start_time"]), pd.Timestamp(o["end_time"])
+    minute = pd.to_datetime(demand["minute"])
+    after = demand.loc[((minute >= end) & (minute < end + 2 * (end - start))).to_numpy(), "requests"].to_numpy()
+    if after.size == 0:
+        return None
+    w = max(1, min(int(window_min), after.size))
+    busiest = float(np.convolve(after, np.ones(w), mode="valid").max())
+    hours = (end - start) / pd.Timedelta(hours=1)
+    return busiest / (w * 60.0), f"outage catch-up (the trace's {hours:g} h outage, busiest {w} min after it)"
 
 
 def _check(cal: PlatformCalibration, config: PlatformConfig, rate: float, mix: Mapping[str, float],

@@ -39,6 +39,7 @@ from twin.report.metrics import (
     is_share,
     key_metrics,
 )
+from twin.report.outage import outage_context
 from twin.report.runfiles import duration_days, load_run_info, load_run_tables, team_summary
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -258,7 +259,8 @@ def build_report(run_dir: Path) -> Path:
                   team_columns=team_columns, team_rows=team_rows,
                   calibration=_calibration_rows(tables.get("calibration")), figures=figures,
                   model_link=_model_link(run_dir), model_doc=MODEL_DOC, defaults_file=DEFAULTS_FILE,
-                  capacity=_capacity_context(run_dir))
+                  capacity=_capacity_context(run_dir),
+                  outage=outage_context(run_dir, tables.get("outcomes"), _data_uri))
 
 
 def _capacity_context(run_dir: Path) -> dict | None:
