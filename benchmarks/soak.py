@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+TOKEN_REFRESH_S = 240  # access tokens live 300 s: new logins (and requests) before they expire
 sys.path.insert(0, str(ROOT))
 
 from loadtests import schedule  # noqa: E402
@@ -68,14 +69,23 @@ def main() -> int:
             in_peak = (trace.sessions["start_time"] >= peak.start) & (trace.sessions["start_time"] < peak.end)
             mix0 = endpoint_mix(peak_arrivals)
             need = int(rate * mix0.get("submit_measurement", 0.1) * args.minutes * 60 * 1.3) + 100
-            pools = dl.build_pools(server.base_url, trace.sessions[in_peak], sorted(trace.citizens["team_id"].unique()),
-                                   submissions=need, seed=args.seed)
+            teams = sorted(trace.citizens["team_id"].unique())
+            per_build = int(need * TOKEN_REFRESH_S / (args.minutes * 60)) + 100
+
+            def fresh_pools(k: int) -> dl.RequestPools:
+                return dl.build_pools(server.base_url, trace.sessions[in_peak], teams, submissions=per_build,
+                                      seed=args.seed + k)
+
+            pools = fresh_pools(0)
+            built = time.monotonic()
             mix = dl.direct_mix(mix0, pools)
             print(f"soak {name}: {rate:.1f} requests/s ({args.factor:g} x the peak hour), {args.minutes:g} min, "
                   f"server pid {server.process.pid}", flush=True)
             rows = []
             started = time.monotonic()
             for k in range(samples):
+                if time.monotonic() - built > TOKEN_REFRESH_S:  # the pre-built requests' tokens expire
+                    pools, built = fresh_pools(k), time.monotonic()
                 req = dl.open_run(pools, mix, rate, args.sample_s, args.seed + k)
                 lat = req["latency_ms"].to_numpy(float)
                 row = {"minute": round((time.monotonic() - started) / 60, 2), "requests": len(req),

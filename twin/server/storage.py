@@ -440,7 +440,9 @@ class SqliteStorage(Storage):
         if failed is not None:
             raise failed
         if done is not None:
-            await done
+            # shielded: a request cancelled while it waits (its client went away, the server stops)
+            # must not cancel the batch's future — the commit still happens, for the others too
+            await asyncio.shield(done)
 
     def _commit_batch(self) -> None:
         self.commit_scheduled = False
@@ -453,10 +455,12 @@ class SqliteStorage(Storage):
             with contextlib.suppress(sqlite3.Error):
                 self.conn.execute("ROLLBACK")
             for f in batch:
-                f.set_exception(exc)
+                if not f.done():
+                    f.set_exception(exc)
             return
         for f in batch:
-            f.set_result(None)
+            if not f.done():  # every unit is answered, whatever happened to one of them
+                f.set_result(None)
 
 
 # ------------------------------------------------------------------------------------ PostgreSQL
