@@ -255,6 +255,23 @@ def measurement_of(resource: dict) -> str | None:
     return m.name if m else None
 
 
+_RANGES: dict[tuple[str, int], object] = {}
+_RANGES_MAX = 200_000  # ~25 MB at most; 10,000 citizens have ~45,000 ServiceRequests
+
+
+def _ranges(sr_id: str, version: int, body: str):
+    """A ServiceRequest's thresholds, parsed once per (id, version): a citizen's four or five
+    requests are read at every submission but change only when a clinician adjusts them (a new
+    version, so a new key)."""
+    key = (sr_id, version)
+    found = _RANGES.get(key)
+    if found is None:
+        if len(_RANGES) >= _RANGES_MAX:
+            _RANGES.clear()
+        found = _RANGES[key] = fr.ranges_from_service_request(jsonfast.loads(body))
+    return found
+
+
 def triage_input(plan: Plan) -> dict:
     """What the triage needs, taken while the submission is validated (its ServiceRequests are loaded
     then anyway), so the triage worker need not read the resources back. Kept in the durable outbox
@@ -268,7 +285,7 @@ def triage_input(plan: Plan) -> dict:
             values[name] = float(r["valueQuantity"]["value"])
             sr = plan.service_requests.get(sr_id)
             if sr is not None:
-                rr = fr.ranges_from_service_request(jsonfast.loads(sr.body))
+                rr = _ranges(sr.id, sr.version, sr.body)
                 ranges[name] = [None if abs(b) == float("inf") else b
                                 for b in (rr.red_low, rr.yellow_low, rr.yellow_high, rr.red_high)]
         else:
