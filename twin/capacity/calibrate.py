@@ -29,8 +29,8 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +65,16 @@ def read_latency_log(path: str | Path) -> pd.DataFrame:
 
 
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux ``/proc``)."""
+    """User + system CPU seconds of a process so far, all its threads (Linux ``/proc``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def event_loop_cpu_s(pid: int) -> float:
+    """CPU seconds of the server's main thread — its event loop, the one resource every request
+    queues for. The process also runs SQLite's checkpointer thread (on another core: it is not
+    in any request's way), so the process's CPU overstates the bottleneck's work."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -191,7 +199,7 @@ def direct_calibration(requests: pd.DataFrame, server_cpu_s: float, idle_cpu_s: 
              + (", ".join(f"{n} ({s})" for n, s in source.items() if s.startswith("estimate")) or "none"))
     cal = calibration_from_latencies(
         samples, database_kind="sqlite", triage_worker_ms=ServiceTime("gamma", TRIAGE_MS_ESTIMATE, TRIAGE_CV),
-        audit_write_ms=ServiceTime("gamma", 0.0, 0.0), family="lognormal",
+        audit_write_ms=ServiceTime("gamma", 0.0, 0.0), family="empirical",
         server_config=dict(server_config or {"workers": 1, "server": "uvicorn", "database": "sqlite"}), notes=notes)
     details = {"requests": int(len(requests)), "ok": int(len(ok)), "server_cpu_s": server_cpu_s,
                "idle_cpu_s": idle_cpu_s, "request_cpu_s": request_cpu_s, "triaged": triaged,
@@ -199,3 +207,32 @@ def direct_calibration(requests: pd.DataFrame, server_cpu_s: float, idle_cpu_s: 
                "cpu_ms_per_request": 1000.0 * request_cpu_s / len(ok), "endpoint_source": source,
                "mean_service_ms": {n: e.mean_service_ms for n, e in cal.endpoints.items()}}
     return cal, details
+
+
+def scale_calibration(cal: PlatformCalibration, factor: float, note: str) -> PlatformCalibration:
+    """Every endpoint's CPU service time times ``factor`` (shape kept); triage and audit unchanged."""
+    def scaled(st: ServiceTime) -> ServiceTime:
+        return replace(st, mean_ms=st.mean_ms * factor, quantiles_ms=tuple(q * factor for q in st.quantiles_ms))
+
+    endpoints = {n: replace(e, cpu_ms=scaled(e.cpu_ms)) for n, e in cal.endpoints.items()}
+    meta = replace(cal.metadata, notes=f"{cal.metadata.notes}; {note}")
+    return replace(cal, endpoints=endpoints, metadata=meta)
+
+
+def fit_open_demand(runs: Sequence[Mapping[str, float]]) -> dict:
+    """Operational analysis of open-model runs: the event loop's CPU in a run of ``wall_s`` seconds
+    with ``requests`` requests and ``triaged`` submissions is ``F * wall_s + D * requests +
+    triaged * TRIAGE_MS_ESTIMATE`` — a cost ``F`` per second of serving traffic (event-loop wake-ups,
+    timers, commits of batches of one) plus ``D`` per request. Least squares over the runs (at
+    least two, at different rates). Under open (Poisson) arrivals the loop idles between requests
+    and pays ``F``; a closed loop never idles, which is why the single-client baseline is cheaper
+    per request. Returns F (share of the core), D (ms) and the open-model capacity (1 − F) / D."""
+    if len(runs) < 2:
+        raise ValueError("fit_open_demand: needs at least two runs at different rates")
+    a = np.array([[r["wall_s"], r["requests"] / 1000.0] for r in runs], dtype=float)  # D in ms
+    y = np.array([r["cpu_s"] - r["triaged"] * TRIAGE_MS_ESTIMATE / 1000.0 for r in runs], dtype=float)
+    (f, d_ms), *_ = np.linalg.lstsq(a, y, rcond=None)
+    if d_ms <= 0:
+        raise ValueError(f"fit_open_demand: the runs give no positive per-request CPU (D = {d_ms:.3f} ms)")
+    f = float(min(max(f, 0.0), 0.9))
+    return {"fixed_share": f, "per_request_ms": float(d_ms), "capacity_per_s": (1.0 - f) / float(d_ms) * 1000.0}

@@ -9,17 +9,21 @@ core); Locust replays the trace itself once, for realism.
 
 0. **idle** — the server's CPU at rest (timers), subtracted from every run's CPU;
 1. **calibration** — the single-user baseline: one client, one request at a time, so no request
-   ever queues, yet the server is warm (a trickle of requests minutes apart costs twice the CPU
-   per request — cold caches, event-loop wake-ups — and would calibrate a slower server than the
-   one under load). Per-endpoint CPU service times and the client + loopback overhead →
-   ``calibration.json`` (:func:`twin.capacity.calibrate.direct_calibration`);
+   ever queues, yet the server is warm. Per-endpoint CPU service times (their measured
+   distribution, kept as percentiles) and the client + loopback overhead → ``calibration.json``
+   (:func:`twin.capacity.calibrate.direct_calibration`);
 2. **concurrency sweep** — closed loops of 1 … 64 clients: the measured saturation, the points
    of the USL fit, and a check against exact MVA on the calibrated demand;
-3. **open levels** — Poisson arrivals at ``LEVEL_SHARES`` of the measured saturation; the platform
-   model runs on *exactly those arrivals* and its p50/p95 are compared per endpoint (the bar:
-   ±25 % at loads up to 80 % of saturation);
-4. **trace replay** — Locust replays the peak window through the real call sequences at ~20 % of
-   saturation; shown beside the model, not judged (Locust's own client time differs);
+3. **open-model calibration** — two low open (Poisson) loads, 8 % and 30 % of the single client's
+   rate. Between Poisson arrivals the event loop idles and pays wake-ups, timers and commits of
+   batches of one: per request it costs more than back-to-back requests. The loop's CPU over the
+   two runs gives a cost per second ``F`` and per request ``D`` (operational analysis,
+   :func:`twin.capacity.calibrate.fit_open_demand`), hence the open-model capacity (1 − F) / D and
+   ``calibration_open.json`` (the baseline's service times scaled to it);
+4. **open levels** — Poisson arrivals at ``LEVEL_SHARES`` of that capacity; the platform model runs
+   on *exactly those arrivals* and its p50/p95 are compared per endpoint (the bar: ±25 % at loads
+   up to 80 % of saturation). Locust also replays the peak window through the real call
+   sequences at ~20 %, shown beside the model, not judged (Locust's own client time differs);
 5. **storage** — bytes per submission from the database file before and after all runs;
 6. **recommendation** — per population, the smallest configuration meeting the objectives.
 
@@ -63,9 +67,10 @@ from twin.platform import (
 from twin.scenario import load_scenario
 
 IDLE_S = 2.0  # the server's idle CPU is measured over this long before the calibration run
-LEVEL_SHARES = (0.2, 0.5, 0.8)  # of the measured saturation (issue 4: judge up to 80 %)
+LEVEL_SHARES = (0.2, 0.5, 0.8)  # of the open-model capacity (issue 4: judge up to 80 %)
 SWEEP_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)  # closed-loop clients per step of the concurrency sweep
-SHARES = {"calibration": 0.10, "level": 0.08, "sweep": 0.26, "replay": 0.12}  # of the budget, per run
+OPEN_CALIBRATION_SHARES = (0.08, 0.3)  # of the single client's rate: two low open loads
+SHARES = {"calibration": 0.08, "open_calibration": 0.05, "level": 0.07, "sweep": 0.22, "replay": 0.1}  # of the budget
 SUBMISSIONS_PER_BUDGET_S = 140  # pre-built submissions per second of budget (~ the sweep's peak rate x share)
 DRAIN_S = 1.0
 USERS, CLINICIANS = 200, 40
@@ -185,16 +190,16 @@ def run_capacity(run: CapacityRun) -> dict:
             summary["direct_mix"] = mix
             summary["direct_share_of_peak"] = float(sum(s for e, s in peak_mix.items() if e in mix))
             # 0. the server's idle CPU
-            c0, t0 = cb.process_cpu_s(pid), time.monotonic()
+            c0, t0 = cb.event_loop_cpu_s(pid), time.monotonic()
             time.sleep(IDLE_S)  # measuring a real process at rest
-            idle_rate = cb.idle_cpu_rate(cb.process_cpu_s(pid) - c0, time.monotonic() - t0)
+            idle_rate = cb.idle_cpu_rate(cb.event_loop_cpu_s(pid) - c0, time.monotonic() - t0)
             # 1. calibration: a low-rate direct run
             cal_s = SHARES["calibration"] * budget
-            c0, n0, t0 = cb.process_cpu_s(pid), cb.triaged_count(server.base_url), time.monotonic()
+            c0, n0, t0 = cb.event_loop_cpu_s(pid), cb.triaged_count(server.base_url), time.monotonic()
             cal_req = dl.single_client_run(pools, mix, cal_s, run.seed)
             triaged = _wait_triage_idle(server.base_url) - n0
             wall = time.monotonic() - t0
-            cpu = cb.process_cpu_s(pid) - c0
+            cpu = cb.event_loop_cpu_s(pid) - c0
             cal, details = cb.direct_calibration(cal_req, cpu, idle_rate * wall, triaged, server_config=SERVER)
             overhead_ms = details["overhead_ms"]
             save_calibration(cal, out / "calibration.json")
@@ -209,30 +214,52 @@ def run_capacity(run: CapacityRun) -> dict:
                       f"ms per request, overhead {overhead_ms:.2f} ms")
             # 2. closed-loop concurrency sweep: saturation and the USL's points
             step_s = SHARES["sweep"] * budget / len(SWEEP_CONCURRENCY)
-            c0, t0 = cb.process_cpu_s(pid), time.monotonic()
             steps = dl.closed_sweep(pools, mix, SWEEP_CONCURRENCY, step_s, run.seed)
-            sweep_cpu_ms = 1000 * (cb.process_cpu_s(pid) - c0 - idle_rate * (time.monotonic() - t0)) \
-                / max(int(steps["requests"].sum()), 1)
             measured_sat = float(steps["throughput_per_s"].max())
             _say(run, f"capacity {name}: sweep: saturation {measured_sat:.0f} req/s")
             _wait_triage_idle(server.base_url)
-            # 3. open-model levels at shares of the measured saturation, the model on the same arrivals
+            # 3. open-model calibration: two low open loads (operational analysis of the loop's CPU)
+            single_rate = len(cal_req) / cal_s
+            open_cal_runs = []
+            for k, share in enumerate(OPEN_CALIBRATION_SHARES):
+                c0, n0, t0 = cb.event_loop_cpu_s(pid), cb.triaged_count(server.base_url), time.monotonic()
+                req = dl.open_run(pools, mix, share * single_rate, SHARES["open_calibration"] * budget,
+                                  run.seed + 50 + k)
+                triaged_k = _wait_triage_idle(server.base_url) - n0
+                open_cal_runs.append({"rate_per_s": share * single_rate, "wall_s": time.monotonic() - t0,
+                                      "requests": len(req), "cpu_s": cb.event_loop_cpu_s(pid) - c0,
+                                      "triaged": triaged_k})
+            open_fit = cb.fit_open_demand(open_cal_runs)
+            factor = open_fit["per_request_ms"] / details["cpu_ms_per_request"] / (1.0 - open_fit["fixed_share"])
+            open_cal = cb.scale_calibration(cal, factor, f"open-model: CPU x {factor:.3f} (fit_open_demand: "
+                                            f"{open_fit['per_request_ms']:.3f} ms per request, "
+                                            f"{100 * open_fit['fixed_share']:.1f} % of the loop per second)")
+            save_calibration(open_cal, out / "calibration_open.json")
+            open_sat = open_fit["capacity_per_s"]
+            summary["open_model"] = {**open_fit, "runs": open_cal_runs, "cpu_factor": factor}
+            _say(run, f"capacity {name}: open-model capacity {open_sat:.0f} req/s "
+                      f"(F {100 * open_fit['fixed_share']:.1f} %, D {open_fit['per_request_ms']:.3f} ms)")
+            # 4. open-model levels at shares of that capacity; the model runs on the same arrivals
             level_s = SHARES["level"] * budget
             measured, predicted, runs = [], [], []
             for k, share in enumerate(LEVEL_SHARES):
                 label = f"open-{round(share * 100)}pct"
-                req = dl.open_run(pools, mix, share * measured_sat, level_s, run.seed + 100 + k)
-                req.to_csv(out / "runs" / f"{label}.csv", index=False)
+                c0, t0 = cb.event_loop_cpu_s(pid), time.monotonic()
+                req = dl.open_run(pools, mix, share * open_sat, level_s, run.seed + 100 + k)
                 _wait_triage_idle(server.base_url)
+                level_cpu_s = cb.event_loop_cpu_s(pid) - c0
+                req.to_csv(out / "runs" / f"{label}.csv", index=False)
                 measured.append(cmp.measured_by_endpoint(req, 0.0, level_s).assign(level=label))
-                predicted.append(predict_on(req, cal, model_cfg, overhead_ms, run.seed).assign(level=label))
+                predicted.append(predict_on(req, open_cal, model_cfg, overhead_ms, run.seed).assign(level=label))
                 runs.append({"label": label, "share": share, "requests": int(len(req)),
                              "failed": int((req["ok"] == 0).sum()),
+                             "event_loop_cpu_ms_per_request": 1000 * level_cpu_s / max(len(req), 1),
+                             "event_loop_utilisation": level_cpu_s / level_s,
                              "client_lag_p95_ms": float(np.nanpercentile(req["lag_ms"], 95)) if len(req) else None})
-            # 4. the trace itself, replayed by Locust through the real call sequences (realism, not judged:
+            # 5. the trace itself, replayed by Locust through the real call sequences (realism, not judged:
             #    Locust's client time differs from the direct client's overhead)
             replay_s = SHARES["replay"] * budget
-            sp = _speedup_for(sessions, actions, peak.start, 0.2 * measured_sat, replay_s, trace_end)
+            sp = _speedup_for(sessions, actions, peak.start, 0.2 * open_sat, replay_s, trace_end)
             end = min(peak.start + pd.Timedelta(seconds=replay_s * sp), trace_end)
             t = time.monotonic()
             s = run_loadtest(replace(base_run, target=server.base_url, out=out / "runs" / "replay",
@@ -242,7 +269,8 @@ def run_capacity(run: CapacityRun) -> dict:
             if len(replay_req):
                 known = replay_req[replay_req["endpoint"].isin(list(ENDPOINTS))]
                 measured.append(cmp.measured_by_endpoint(known).assign(level="locust-replay"))
-                predicted.append(predict_on(known, cal, model_cfg, overhead_ms, run.seed).assign(level="locust-replay"))
+                predicted.append(predict_on(known, open_cal, model_cfg, overhead_ms, run.seed)
+                                 .assign(level="locust-replay"))
             runs.append({"label": "locust-replay", "speedup": sp, "requests": int(len(replay_req)),
                          "failed": int((replay_req["ok"] == 0).sum()) if len(replay_req) else 0,
                          "summary": {k: s.get(k) for k in ("wall_s", "requests", "failures") if k in s}})
@@ -253,7 +281,7 @@ def run_capacity(run: CapacityRun) -> dict:
     timings["loadtest_total"] = round(time.monotonic() - started, 2)
 
     # predicted vs measured: levels
-    levels = cmp.compare_levels(pd.concat(predicted), pd.concat(measured), measured_sat)
+    levels = cmp.compare_levels(pd.concat(predicted), pd.concat(measured), open_sat)
     levels.loc[levels["level"] == "locust-replay", "judged"] = False
     levels.to_csv(out / "levels.csv", index=False)
     # the sweep against exact MVA on the calibrated demand (triage included: it takes the same core)
@@ -270,8 +298,7 @@ def run_capacity(run: CapacityRun) -> dict:
     summary["saturation"] = {"measured_per_s": measured_sat, "measured_reached": True,
                              "predicted_per_s": model_sat["rate_per_s"], "predicted_bottleneck": model_sat["bottleneck"],
                              "rel_error": sat_err, "within_bar": abs(sat_err) <= cmp.SATURATION_BAR,
-                             "bar": cmp.SATURATION_BAR, "demand_ms": demand_ms,
-                             "sweep_cpu_ms_per_request": sweep_cpu_ms}
+                             "bar": cmp.SATURATION_BAR, "demand_ms": demand_ms, "open_model_capacity_per_s": open_sat}
     judged = levels[(levels["endpoint"] == "all") & levels["judged"]]
     judged_ep = levels[(levels["endpoint"] != "all") & levels["judged"]]
     summary["p95_bar"] = {"bar": cmp.P95_BAR, "levels_judged": int(len(judged)),
