@@ -39,6 +39,13 @@ ENDPOINTS: dict[str, Endpoint] = {e.name: e for e in (
     Endpoint("task_complete", "PATCH", "task", "/Task/{id}"),
     Endpoint("communication_create", "POST", "patient", "/Communication"),
 )}
+TRACE_ENDPOINTS: tuple[str, ...] = tuple(ENDPOINTS)
+"""The endpoints of the trace's call sequences (``demand_per_minute`` has a column for each)."""
+
+# Calls the apps make in the background, outside any session (twin/apps.py): not in the trace, but
+# in the load tests and the platform model, where they are often most of the requests.
+ENDPOINTS["message_poll"] = Endpoint("message_poll", "GET", "patient",
+                                     "/Communication?recipient=Patient/{patient}&_count=20")
 
 # sequence name -> tuple of (endpoint, phase)
 CALL_SEQUENCES: dict[str, tuple[tuple[str, str], ...]] = {

@@ -69,3 +69,10 @@ def assign_apps(citizen_ids: np.ndarray, apps: Apps, seed: int) -> np.ndarray:
     cumulative = np.cumsum([a.share for a in apps.vendors])
     cumulative[-1] = 1.0  # shares sum to 1 up to rounding; no draw may fall past the last app
     return np.searchsorted(cumulative, u[ids], side="right").astype(np.int16)
+
+
+def poll_rate_per_citizen_s(apps: Apps) -> float:
+    """Background inbox polls per second per enrolled citizen, over the app mix (the apps poll
+    while the citizen is enrolled, day and night: the load test's and the platform model's
+    ``message_poll``)."""
+    return sum(a.share / (a.message_poll_min * 60.0) for a in apps.vendors if a.message_poll_min)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from twin.api_calls import CALL_SEQUENCES, ENDPOINTS, ROUTINE_REVIEW_PER_CITIZEN
+from twin.api_calls import CALL_SEQUENCES, ENDPOINTS, ROUTINE_REVIEW_PER_CITIZEN, TRACE_ENDPOINTS
 from twin.clinical.outage import in_outage, outage_windows_day
 from twin.clinical.population import MEASURED_VITALS
 from twin.model import RunResult
@@ -104,7 +104,7 @@ def demand_per_minute(result: RunResult) -> pd.DataFrame:
     days = result.scenario.run.duration_days
     n_min = days * 1440
     s, w = result.sessions, result.work
-    counts = {name: np.zeros(n_min, dtype=np.int64) for name in ENDPOINTS}
+    counts = {name: np.zeros(n_min, dtype=np.int64) for name in TRACE_ENDPOINTS}
 
     def add(endpoint: str, day: np.ndarray, weight: np.ndarray | None = None) -> None:
         day = np.asarray(day, dtype=float)
@@ -143,7 +143,7 @@ def demand_per_minute(result: RunResult) -> pd.DataFrame:
                         "sessions_started": sessions_started.astype(np.int32)})
     for name, c in counts.items():
         out[name] = c.astype(np.int32)
-    out["requests"] = out[list(ENDPOINTS)].sum(axis=1).astype(np.int32)
+    out["requests"] = out[list(TRACE_ENDPOINTS)].sum(axis=1).astype(np.int32)
     return out
 
 

@@ -17,7 +17,7 @@ from twin.trace import read_trace
 
 def test_run_writes_results_trace_and_report(tmp_path):
     out = tmp_path / "pilot"
-    assert main(["run", str(SCENARIOS / "pilot-100.toml"), "--out", str(out), "--quiet"]) == 0
+    assert main(["run", str(SCENARIOS / "pilot-100.toml"), "--out", str(out), "--quiet", "--no-loadtest"]) == 0
     for name in ("scenario.toml", "run.json", "report.html", "tables/calibration.csv", "tables/outcomes.csv",
                  "tables/weekly_events.csv", "figures/alerts_per_week.png"):
         assert (out / name).exists(), name
@@ -66,7 +66,7 @@ def test_failed_run_keeps_the_previous_results(tmp_path, monkeypatch):
 def test_replications_give_intervals(tmp_path):
     out = tmp_path / "reps"
     assert main(["run", str(SCENARIOS / "pilot-100.toml"), "--out", str(out), "--quiet", "--replications", "3",
-                 "--workers", "2"]) == 0
+                 "--workers", "2", "--no-loadtest"]) == 0
     cal = pd.read_csv(out / "tables" / "calibration.csv")
     assert {"ci_lo", "ci_hi", "replications"} <= set(cal.columns)
     assert (cal["replications"] == 3).all()

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twin.api_calls import CALL_SEQUENCES, ENDPOINTS, ROUTINE_REVIEW_PER_CITIZEN
+from twin.api_calls import CALL_SEQUENCES, ENDPOINTS, ROUTINE_REVIEW_PER_CITIZEN, TRACE_ENDPOINTS
 from twin.capacity.erlang_c import erlang_c_wait_probability, mean_wait_time
 from twin.platform import (
     PlatformConfig,
@@ -329,7 +329,7 @@ def test_a_simulated_year_expands_into_the_trace_demand_and_its_peak_hour_runs()
     arrivals = arrivals_from_trace(sessions, actions, start, end)
     # Same calls as trace.demand_per_minute counts (which the Locust replay uses), endpoint by endpoint.
     counts = arrivals["endpoint"].astype(str).value_counts()
-    assert {e: int(counts.get(e, 0)) for e in ENDPOINTS} == {e: int(demand[e].sum()) for e in ENDPOINTS}
+    assert {e: int(counts.get(e, 0)) for e in TRACE_ENDPOINTS} == {e: int(demand[e].sum()) for e in TRACE_ENDPOINTS}
 
     hourly = demand.set_index("minute")["requests"].resample("1h").sum()
     peak = hourly.idxmax()

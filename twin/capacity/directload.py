@@ -8,8 +8,8 @@ the clock starts (real logins, real tokens, real FUT bodies from the trace's ses
 :mod:`loadtests.payloads`), and the client spends ~0.05 ms per request. Locust keeps the realism
 runs: whole call sequences, apps and clinicians (``twin loadtest``).
 
-Endpoints covered (:data:`DIRECT_ENDPOINTS`): every call of a citizen session and the clinicians'
-reads — about 97 % of the peak hour's calls. The clinicians' writes (claim, assessment, complete,
+Endpoints covered (:data:`DIRECT_ENDPOINTS`): every call of a citizen session, the apps' inbox
+polls and the clinicians' reads — about 97 % of the peak hour's calls. The clinicians' writes (claim, assessment, complete,
 message) change state that a pre-built request cannot follow; the calibration gives them the
 service times of the measured writes, and says so.
 """
@@ -32,7 +32,7 @@ from twin.loadtest.httpload import _read_response, build_request, poisson_schedu
 
 DIRECT_ENDPOINTS = ("token", "refresh_context", "episodeofcare_search", "get_patient_procedures",
                     "servicerequest_read", "submit_measurement", "careteam_roster", "task_worklist",
-                    "search_measurements")
+                    "search_measurements", "message_poll")
 TOKEN_PATH = "/auth/realms/{realm}/protocol/openid-connect/token"
 FHIR = "application/fhir+json"
 FORM = "application/x-www-form-urlencoded"
@@ -117,6 +117,8 @@ def build_pools(base: str, sessions: pd.DataFrame, teams: Sequence[int], citizen
         first = next(iter(payloads.session_readings(row)), "questionnaire")
         pools["servicerequest_read"].append(build_request("GET", hostport, f"/careplan/ServiceRequest/sr-{cid}-{first}",
                                                           auth))
+        pools["message_poll"].append(build_request(
+            "GET", hostport, f"/patient/Communication?recipient=Patient/p-{cid}&_count=20", auth))
         pools["search_measurements"].append(build_request(
             "POST", hostport, "/measurement/$search-measurements", {**auth, "Content-Type": FHIR},
             json.dumps(payloads.search_measurements(base, cid, payloads.now_iso())).encode()))

@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from twin.api_calls import CALL_SEQUENCES, ENDPOINTS
+from twin.apps import poll_rate_per_citizen_s
 from twin.capacity import calibrate as cb
 from twin.capacity import compare as cmp
 from twin.capacity import directload as dl
@@ -154,20 +155,31 @@ def run_capacity(run: CapacityRun) -> dict:
     sc = load_scenario(scenario_path)
     cap = sc.capacity
     budget = float(run.budget_s or cap.loadtest_budget_s)
+    base_run = LoadTestRun(scenario=scenario_path, results=run.results, drain_s=DRAIN_S, users=USERS,
+                           clinicians=CLINICIANS, latency_log=True, message_polls=False, quiet=True)
+    trace_dir = ensure_trace(base_run, name, sc)  # first: a fresh run replaces results/<scenario>/ whole
     out = run.results / name / "capacity"
     if out.exists():
         shutil.rmtree(out)
     (out / "runs").mkdir(parents=True)
-    base_run = LoadTestRun(scenario=scenario_path, results=run.results, drain_s=DRAIN_S, users=USERS,
-                           clinicians=CLINICIANS, latency_log=True, message_polls=False, quiet=True)
-    trace_dir = ensure_trace(base_run, name, sc)
     trace = schedule.load_trace(trace_dir)
     sessions, actions = trace.sessions, trace.actions
     peak = schedule.resolve_window("peak-hour", trace)
     trace_end = pd.Timestamp(trace.demand["minute"].iloc[-1]) + pd.Timedelta(minutes=1)
     model_cfg = server_config()
     peak_arrivals = arrivals_from_trace(sessions, actions, peak.start, peak.end)
-    peak_mix = endpoint_mix(peak_arrivals)
+    # the apps' background inbox polls join the trace's calls (twin/apps.py): at the peak hour's
+    # enrolment, at the scenario's app mix
+    peak_day = (peak.start - trace.run_start).total_seconds() / 86_400.0
+    c = trace.citizens
+    enrolled = int(((c["enrol_day"] <= peak_day) & (c["exit_day"] > peak_day)).sum()) or sc.citizens
+    poll_per_citizen_s = poll_rate_per_citizen_s(sc.apps)
+    trace_rate = len(peak_arrivals) / peak.duration_s
+    poll_rate = enrolled * poll_per_citizen_s
+    trace_mix = endpoint_mix(peak_arrivals)
+    design_mix = {e: share * trace_rate / (trace_rate + poll_rate) for e, share in trace_mix.items()}
+    if poll_rate > 0:
+        design_mix["message_poll"] = poll_rate / (trace_rate + poll_rate)
     summary: dict = {"scenario": name, "budget_s": budget, "server": SERVER, "peak_window": [str(peak.start),
                                                                                               str(peak.end)]}
     timings: dict[str, float] = {}
@@ -185,10 +197,13 @@ def run_capacity(run: CapacityRun) -> dict:
             t = time.monotonic()
             pools = dl.build_pools(server.base_url, load_sessions, sorted(trace.citizens["team_id"].astype(int).unique()),
                                    submissions=int(SUBMISSIONS_PER_BUDGET_S * budget), seed=run.seed)
-            mix = dl.direct_mix(peak_mix, pools)
+            # The accuracy runs use the trace's own mix; the calibration adds the polls (a tenth of its
+            # requests), so they are measured too: the design loads below are mostly polls.
+            mix = dl.direct_mix(trace_mix, pools)
+            cal_mix = {**{e: 0.9 * v for e, v in mix.items()}, "message_poll": 0.1}
             timings["build_requests"] = round(time.monotonic() - t, 2)
             summary["direct_mix"] = mix
-            summary["direct_share_of_peak"] = float(sum(s for e, s in peak_mix.items() if e in mix))
+            summary["direct_share_of_peak"] = float(sum(s for e, s in trace_mix.items() if e in mix))
             # 0. the server's idle CPU
             c0, t0 = cb.event_loop_cpu_s(pid), time.monotonic()
             time.sleep(IDLE_S)  # measuring a real process at rest
@@ -196,7 +211,7 @@ def run_capacity(run: CapacityRun) -> dict:
             # 1. calibration: a low-rate direct run
             cal_s = SHARES["calibration"] * budget
             c0, n0, t0 = cb.event_loop_cpu_s(pid), cb.triaged_count(server.base_url), time.monotonic()
-            cal_req = dl.single_client_run(pools, mix, cal_s, run.seed)
+            cal_req = dl.single_client_run(pools, cal_mix, cal_s, run.seed)
             triaged = _wait_triage_idle(server.base_url) - n0
             wall = time.monotonic() - t0
             cpu = cb.event_loop_cpu_s(pid) - c0
@@ -230,7 +245,8 @@ def run_capacity(run: CapacityRun) -> dict:
                                       "requests": len(req), "cpu_s": cb.event_loop_cpu_s(pid) - c0,
                                       "triaged": triaged_k})
             open_fit = cb.fit_open_demand(open_cal_runs)
-            factor = open_fit["per_request_ms"] / details["cpu_ms_per_request"] / (1.0 - open_fit["fixed_share"])
+            single_ms = sum(share * cal.endpoint(e).cpu_ms.mean_ms for e, share in mix.items())  # same mix
+            factor = open_fit["per_request_ms"] / single_ms / (1.0 - open_fit["fixed_share"])
             open_cal = cb.scale_calibration(cal, factor, f"open-model: CPU x {factor:.3f} (fit_open_demand: "
                                             f"{open_fit['per_request_ms']:.3f} ms per request, "
                                             f"{100 * open_fit['fixed_share']:.1f} % of the loop per second)")
@@ -337,19 +353,21 @@ def run_capacity(run: CapacityRun) -> dict:
     per_min = per_min.reindex(pd.date_range(per_min.index[0], per_min.index[-1], freq="min"), fill_value=0)
     window_min = max(int(round(cap.outage_backlog_hours * 60)), 1)
     busiest = int(per_min.rolling(window_min).sum().max()) if len(per_min) >= window_min else int(per_min.sum())
-    peak_day = (peak.start - trace.run_start).total_seconds() / 86_400.0
-    c = trace.citizens
     per_session = len(CALL_SEQUENCES["citizen_submit"])
-    enrolled = int(((c["enrol_day"] <= peak_day) & (c["exit_day"] > peak_day)).sum()) or sc.citizens
     summary["citizens_at_peak"] = enrolled
+    summary["polls"] = {"per_citizen_per_s": poll_per_citizen_s, "at_peak_per_s": poll_rate,
+                        "trace_peak_per_s": trace_rate}
     catch_up = rec.trace_catch_up_rate(trace.demand, trace.outages)
     summary["catch_up_from_trace"] = catch_up is not None
     loads = rec.design_loads(peak_arrivals, peak.duration_s, enrolled, busiest * per_session, cap.outage_backlog_hours,
                              cap.catch_up_hours, cap.populations,
                              trace_catch_up=catch_up)
+    # the apps poll all day, outages or not: their rate scales with the population
+    loads["rate_per_s"] = loads["rate_per_s"] + loads["citizens"] * poll_per_citizen_s
     objectives = rec.Objectives(cap.write_p95_ms, cap.read_p95_ms, cap.headroom)
-    prod = rec.production_calibration(cal, cap.postgres_db_share)
-    table = rec.recommend(prod, loads, peak_mix, objectives, run.seed)
+    prod = rec.production_calibration(open_cal, cap.postgres_db_share)  # production traffic arrives open
+    table = rec.recommend(prod, loads, design_mix, objectives, run.seed)
+    summary["design_mix"] = design_mix
     table.to_csv(out / "recommendation.csv", index=False)
     timings["recommend"] = round(time.monotonic() - t, 2)
     summary["bottleneck"] = rec.first_to_saturate(table)
