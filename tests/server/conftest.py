@@ -54,11 +54,12 @@ async def _pg(sql: str) -> None:
         await conn.close()
 
 
-def start_server(kind: str, database: str, port: int) -> Server:
+def start_server(kind: str, database: str, port: int, extra_env: dict[str, str] | None = None) -> Server:
     base = f"http://127.0.0.1:{port}"
     # Tests run the nightly job themselves. Load shedding waits longer than in production: a burst
     # of 50 parallel requests on a busy CI machine is a correctness test, not an overload test.
-    env = {**os.environ, "TWIN_SECRET": SECRET, "TWIN_NIGHTLY_JOBS": "0", "TWIN_MAX_WAIT_MS": "10000"}
+    env = {**os.environ, "TWIN_SECRET": SECRET, "TWIN_NIGHTLY_JOBS": "0", "TWIN_MAX_WAIT_MS": "10000",
+           **(extra_env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "twin.cli", "serve", "--database", database, "--port", str(port),
                              "--base-url", base, "--log-level", "error"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
