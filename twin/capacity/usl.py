@@ -131,10 +131,15 @@ def _initial_guess(n: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def _fit(n: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
         # A parameter on its bound (kappa = 0) makes the covariance singular; stderr is then inf.
+        # Trial steps far out (huge sigma or kappa) overflow harmlessly: the optimiser rejects them.
         warnings.simplefilter("ignore", OptimizeWarning)
-        params, cov = curve_fit(usl_throughput, n, x, p0=_initial_guess(n, x),
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p0 = _initial_guess(n, x)
+        if not np.all(np.isfinite(p0)):  # a degenerate resample: start from plain linear scaling
+            p0 = np.array([float(np.max(x / n)), 0.0, 0.0])
+        params, cov = curve_fit(usl_throughput, n, x, p0=p0,
                                 bounds=([0.0, 0.0, 0.0], [np.inf, np.inf, np.inf]), maxfev=20_000)
     return params, cov
 
@@ -179,7 +184,7 @@ def fit_usl(
             continue
         try:
             p, _ = _fit(n[idx], x[idx])
-        except RuntimeError:  # no convergence on this resample
+        except (RuntimeError, ValueError):  # no convergence, or a degenerate start, on this resample
             continue
         draws.append((*p, *_peak(*(float(v) for v in p), n_max)))
     if len(draws) < n_bootstrap // 2:
