@@ -24,8 +24,10 @@ core); Locust replays the trace itself once, for realism.
    on *exactly those arrivals* and its p50/p95 are compared per endpoint (the bar: ±25 % at loads
    up to 80 % of saturation). Locust also replays the peak window through the real call
    sequences at ~20 %, shown beside the model, not judged (Locust's own client time differs);
-5. **storage** — bytes per submission from the database file before and after all runs;
-6. **recommendation** — per population, the smallest configuration meeting the objectives.
+5. **overload** — Poisson load at twice the open-model capacity, then half: the share shed with
+   503, the p95 of what was admitted, and whether it recovers;
+6. **storage** — bytes per submission from the database file before and after all runs;
+7. **recommendation** — per population, the smallest configuration meeting the objectives.
 
 The server under test is **one uvicorn worker = one event loop**: it uses at most one core
 however many the box has, so the model runs with ``cores=1, workers=1``. The load generator runs
@@ -71,7 +73,9 @@ IDLE_S = 2.0  # the server's idle CPU is measured over this long before the cali
 LEVEL_SHARES = (0.2, 0.5, 0.8)  # of the open-model capacity (issue 4: judge up to 80 %)
 SWEEP_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)  # closed-loop clients per step of the concurrency sweep
 OPEN_CALIBRATION_SHARES = (0.08, 0.3)  # of the single client's rate: two low open loads
-SHARES = {"calibration": 0.08, "open_calibration": 0.05, "level": 0.07, "sweep": 0.22, "replay": 0.1}  # of the budget
+OVERLOAD_SHARES = (2.0, 0.5)  # of the open-model capacity: the overload, then the recovery
+SHARES = {"calibration": 0.08, "open_calibration": 0.05, "level": 0.07, "sweep": 0.2, "replay": 0.1,
+          "overload": 0.04}  # of the budget, per run
 SUBMISSIONS_PER_BUDGET_S = 140  # pre-built submissions per second of budget (~ the sweep's peak rate x share)
 DRAIN_S = 1.0
 USERS, CLINICIANS = 200, 40
@@ -272,7 +276,28 @@ def run_capacity(run: CapacityRun) -> dict:
                              "event_loop_cpu_ms_per_request": 1000 * level_cpu_s / max(len(req), 1),
                              "event_loop_utilisation": level_cpu_s / level_s,
                              "client_lag_p95_ms": float(np.nanpercentile(req["lag_ms"], 95)) if len(req) else None})
-            # 5. the trace itself, replayed by Locust through the real call sequences (realism, not judged:
+            # 5. overload: twice the open-model capacity, then half of it — the service must shed the excess
+            #    (503 + Retry-After) with a bounded p95 for what it admits, and recover by itself
+            over_s = SHARES["overload"] * budget
+            phases = []
+            for k, share in enumerate(OVERLOAD_SHARES):
+                req = dl.open_run(pools, mix, share * open_sat, over_s, run.seed + 200 + k)
+                req.to_csv(out / "runs" / f"overload-{k}.csv", index=False)
+                waited = (req["latency_ms"] + req["lag_ms"]).to_numpy(float)  # from the due time, as a user waits
+                ok = req["ok"].to_numpy() == 1
+                late_half = ok & (req["start_s"].to_numpy() >= over_s / 2)
+                phases.append({"share": share, "offered_per_s": len(req) / over_s,
+                               "answered_2xx_per_s": float(ok.sum()) / over_s,
+                               "refused_503_share": float((req["status"] == 503).mean()) if len(req) else 0.0,
+                               "other_errors": int(((req["ok"] == 0) & (req["status"] != 503)).sum()),
+                               "admitted_p50_ms": float(np.percentile(waited[ok], 50)) if ok.any() else None,
+                               "admitted_p95_ms": float(np.percentile(waited[ok], 95)) if ok.any() else None,
+                               "second_half_p95_ms": float(np.percentile(waited[late_half], 95))
+                               if late_half.any() else None})
+            summary["overload"] = {"phases": phases, "phase_s": over_s,
+                                   "normal_p95_ms": float(measured[0].query("endpoint == 'all'")["p95_ms"].iloc[0])}
+            _wait_triage_idle(server.base_url)
+            # 6. the trace itself, replayed by Locust through the real call sequences (realism, not judged:
             #    Locust's client time differs from the direct client's overhead)
             replay_s = SHARES["replay"] * budget
             sp = _speedup_for(sessions, actions, peak.start, 0.2 * open_sat, replay_s, trace_end)
