@@ -337,15 +337,21 @@ class CitizenAppUser(_AppUser):
             replay.procedures_read.add(cid)
         return True
 
+    def citizen_tokens(self, replay: Replay, cid: int, app: str) -> Tokens | None:
+        """The citizen's usable token, kept for their next call. An expired one is renewed into the
+        citizen's own context: a plain refresh would lose the context (403 on the next call)."""
+        tokens = self.fresh("nemlogin", f"citizen-{cid}", replay.citizen_tokens.get(cid), app,
+                            patient_id=f"p-{cid}", episode_of_care_id=f"e-{cid}")
+        if tokens is not None:
+            replay.citizen_tokens[cid] = tokens
+        return tokens
+
     def upload(self, replay: Replay, row: dict, tag: str, duplicate: bool) -> None:
         cid, sid = int(row["citizen_id"]), int(row["session_id"])
         app = replay.app_name(cid)
-        # an expired token is renewed into the citizen's own context: a plain refresh would lose it (403)
-        tokens = self.fresh("nemlogin", f"citizen-{cid}", replay.citizen_tokens.get(cid), app,
-                            patient_id=f"p-{cid}", episode_of_care_id=f"e-{cid}")
+        tokens = self.citizen_tokens(replay, cid, app)
         if tokens is None:
             return
-        replay.citizen_tokens[cid] = tokens
         body = payloads.submission(replay.base, lambda entry: payloads.submission_key(tag, sid, entry), cid,
                                    payloads.session_readings(row),
                                    payloads.session_answers(row, replay.questions[str(row["cohort"])]),
@@ -368,12 +374,9 @@ class CitizenAppUser(_AppUser):
 
     def poll(self, replay: Replay, cid: int) -> None:
         app = replay.app_name(cid)
-        # an expired token is renewed into the citizen's own context: a plain refresh would lose it (403)
-        tokens = self.fresh("nemlogin", f"citizen-{cid}", replay.citizen_tokens.get(cid), app,
-                            patient_id=f"p-{cid}", episode_of_care_id=f"e-{cid}")
+        tokens = self.citizen_tokens(replay, cid, app)
         if tokens is None:
             return
-        replay.citizen_tokens[cid] = tokens
         self.call("message_poll", "GET", f"/patient/Communication?recipient=Patient/p-{cid}&_count=20", app,
                   headers=tokens.bearer())
 
