@@ -340,3 +340,20 @@ def test_a_simulated_year_expands_into_the_trace_demand_and_its_peak_hour_runs()
     run = simulate_platform(hour, PlatformConfig(), cal, seed=1, horizon_s=3600.0)
     assert len(run.async_jobs) == int((hour["endpoint"] == SUBMIT).sum())
     assert endpoint_summary(run).set_index("endpoint").loc["all", "requests"] == len(hour)
+
+
+def test_sessions_opened_during_an_outage_log_in_when_they_upload():
+    t = pd.Timestamp("2026-01-12 07:00")
+    sessions = pd.DataFrame({"start_time": [t + pd.Timedelta(hours=1), t - pd.Timedelta(hours=1)],
+                             "upload_time": [t + pd.Timedelta(hours=6, minutes=5), t - pd.Timedelta(minutes=55)],
+                             "duplicate_time": [pd.NaT, pd.NaT]})
+    actions = pd.DataFrame({"start_time": pd.Series([], dtype="datetime64[ns]"),
+                            "end_time": pd.Series([], dtype="datetime64[ns]"),
+                            "call_sequence": pd.Series([], dtype=str), "citizens_reviewed": pd.Series([], dtype=int)})
+    outages = pd.DataFrame({"start_time": [t], "end_time": [t + pd.Timedelta(hours=6)]})
+    start = t - pd.Timedelta(hours=2)
+    arr = arrivals_from_trace(sessions, actions, start, t + pd.Timedelta(hours=8), outages=outages)
+    token_at_h = sorted(arr.loc[arr["endpoint"] == "token", "time_s"] / 3600)
+    # the session opened before the outage logs in at its start; the one opened offline at its upload
+    assert token_at_h == pytest.approx([1.0, 8 + 5 / 60])
+    assert len(arrivals_from_trace(sessions, actions, start, t + pd.Timedelta(hours=8))) == len(arr)

@@ -171,7 +171,7 @@ def run_capacity(run: CapacityRun) -> dict:
     peak = schedule.resolve_window("peak-hour", trace)
     trace_end = pd.Timestamp(trace.demand["minute"].iloc[-1]) + pd.Timedelta(minutes=1)
     model_cfg = server_config()
-    peak_arrivals = arrivals_from_trace(sessions, actions, peak.start, peak.end)
+    peak_arrivals = arrivals_from_trace(sessions, actions, peak.start, peak.end, outages=trace.outages)
     # the apps' background inbox polls join the trace's calls (twin/apps.py): at the peak hour's
     # enrolment, at the scenario's app mix
     peak_day = (peak.start - trace.run_start).total_seconds() / 86_400.0

@@ -46,12 +46,16 @@ def arrivals_from_trace(
     window_end: object,
     speedup: float = 1.0,
     call_spacing_s: float = 0.0,
+    outages: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Expand trace rows into requests whose phase time falls in ``[window_start, window_end)``.
 
     ``time_s`` is ``(phase time - window_start) / speedup``: ``speedup=60`` replays an hour of
     trace in a minute. Calls of one phase share the phase's instant unless ``call_spacing_s`` puts
-    the k-th call ``k × call_spacing_s`` later (a client's think time, not sped up).
+    the k-th call ``k × call_spacing_s`` later (a client's think time, not sped up). A session
+    opened during one of ``outages`` (``start_time``, ``end_time``: the trace's outages.parquet)
+    makes its start calls when it uploads, as in ``trace.demand_per_minute``: the app could not
+    log in before.
     """
     start, end = pd.Timestamp(window_start), pd.Timestamp(window_end)
     if not end > start:
@@ -88,7 +92,13 @@ def arrivals_from_trace(
             order_in_phase[phase] = k + 1
 
     s = sessions_df
-    add_sequence("citizen_submit", {"start": s["start_time"], "upload": s["upload_time"]})
+    session_start = s["start_time"]
+    if outages is not None and len(outages):
+        offline = np.zeros(len(s), dtype=bool)
+        for o in outages.itertuples():
+            offline |= ((s["start_time"] >= o.start_time) & (s["start_time"] < o.end_time)).to_numpy()
+        session_start = s["start_time"].where(~offline, s["upload_time"])
+    add_sequence("citizen_submit", {"start": session_start, "upload": s["upload_time"]})
     add(s["duplicate_time"], "submit_measurement", 0)  # the idempotent repeat of an upload
 
     w = clinician_actions_df
