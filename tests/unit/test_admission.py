@@ -100,3 +100,25 @@ def test_health_is_never_shed():
         assert [(await busy)[0], (await health)[0]] == [200, 200]
 
     asyncio.run(go())
+
+
+def test_a_waiter_that_gives_up_is_dropped_and_the_slot_still_moves_on():
+    async def go():
+        inner = GatedApp()
+        app = Admission(inner, max_inflight=1, max_wait_ms=10_000, max_queue=10)
+        first = asyncio.create_task(_request(app))
+        await _settle()
+        quitter = asyncio.create_task(_request(app))
+        patient = asyncio.create_task(_request(app))
+        await _settle()
+        inner.gates[0].set_result(None)  # the running request finishes …
+        quitter.cancel()  # … and in the same breath a waiter's client goes away: the slot passes it by
+        await _settle()
+        assert (await first)[0] == 200
+        assert len(inner.gates) == 2  # the slot went past the quitter to the next waiter
+        inner.gates[1].set_result(None)
+        assert (await patient)[0] == 200
+        assert quitter.cancelled()
+        assert (app.inflight, len(app.waiters)) == (0, 0)
+
+    asyncio.run(go())

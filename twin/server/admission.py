@@ -127,7 +127,7 @@ class Admission:
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():
                 self._leave()  # the slot was handed over just as the client went away: pass it on
-            else:
+            elif turn in self.waiters:  # (a _leave in between may have dropped it already)
                 self.waiters.remove(turn)
             raise
         if clock() - queued_at > self.max_wait_s:
