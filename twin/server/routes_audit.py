@@ -51,7 +51,7 @@ from starlette.routing import Route
 from twin.server import auth
 from twin.server import fhir as fr
 from twin.server.errors import bad_request
-from twin.server.service import SERVICE_OF, Service, fhir_response, page_count, page_offset
+from twin.server.service import SERVICE_OF, Service, fhir_response, page_count, page_offset, page_url
 
 PROFILE = fr.SD + "ehealth-auditevent"  # IG intro-notes/StructureDefinition-ehealth-auditevent-intro.md
 AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"  # FHIR R4 core
@@ -239,9 +239,7 @@ async def search_audit_events(self: Service, request: Request) -> Response:
     for row in rows:
         event = audit_event(self.refs, row)
         entries.append({"fullUrl": f"urn:uuid:{event['id']}", "resource": event, "mode": "match"})
-    next_url = None
-    if offset + len(rows) < total:
-        next_url = str(request.url.include_query_params(_offset=str(offset + len(rows))))
+    next_url = page_url(request, offset + len(rows)) if offset + len(rows) < total else None
     return fhir_response(fr.bundle_searchset(entries, total, str(request.url), next_url))
 
 

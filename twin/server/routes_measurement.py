@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import urllib.parse
 import uuid
 from collections import defaultdict
 
@@ -58,7 +57,7 @@ from twin.server.search import (
     reference_param,
     storage_instant,
 )
-from twin.server.service import Service, fhir_response, now_iso, page_count, page_offset, read_json
+from twin.server.service import Service, fhir_response, now_iso, page_count, page_offset, page_url, read_json
 from twin.server.storage import Filter, new_id
 from twin.server.submission import BY_CODE, check_submission, parse_submission, store_rows, triage_input
 
@@ -160,12 +159,6 @@ def date_filters(value: str) -> list[Filter]:
     return {"eq": [Filter("effective", ">=", lo_s), Filter("effective", "<", hi_s)],
             "ge": [Filter("effective", ">=", lo_s)], "gt": [Filter("effective", ">=", hi_s)],
             "le": [Filter("effective", "<", hi_s)], "lt": [Filter("effective", "<", lo_s)]}[prefix]
-
-
-def page_url(request: Request, offset: int) -> str:
-    """``request``'s URL at another ``_offset``, keeping repeated parameters (``date=ge…&date=le…``)."""
-    items = [(k, v) for k, v in request.query_params.multi_items() if k != "_offset"] + [("_offset", str(offset))]
-    return str(request.url.replace(query=urllib.parse.urlencode(items)))
 
 
 async def search_observations(self: Service, request: Request) -> Response:

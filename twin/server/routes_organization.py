@@ -72,6 +72,7 @@ from twin.server.service import (
     now_iso,
     page_count,
     page_offset,
+    page_url,
     password_hash,
     read_json,
 )
@@ -433,9 +434,7 @@ async def search_roles(self: Service, request: Request) -> Response:
                     else fr.practitioner_role(self.refs, id_, practitioner_id, org, team_id, role))
         entries.append({"fullUrl": self.refs.url("PractitionerRole", id_), "resource": resource, "mode": "match"})
     # Staff lists hold no patient data: FUT's audit is per patient touched, so this search writes none.
-    next_url = None
-    if offset + len(page) < total:
-        next_url = str(request.url.include_query_params(_offset=str(offset + len(page))))
+    next_url = page_url(request, offset + len(page)) if offset + len(page) < total else None
     return fhir_response(fr.bundle_searchset(entries, total, str(request.url), next_url))
 
 

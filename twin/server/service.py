@@ -77,6 +77,13 @@ def page_offset(q) -> int:
     return int(raw)
 
 
+def page_url(request: Request, offset: int) -> str:
+    """``request``'s URL at another ``_offset``: a search Bundle's ``next`` link. ``multi_items``
+    keeps repeated parameters (``date=ge…&date=le…``) that a dict would drop."""
+    items = [(k, v) for k, v in request.query_params.multi_items() if k != "_offset"] + [("_offset", str(offset))]
+    return str(request.url.replace(query=urllib.parse.urlencode(items)))
+
+
 class Service:
     """The state one worker process holds: settings, storage, tokens, triage worker."""
 
@@ -162,10 +169,5 @@ class Service:
                    for r in rows]
         entries += [{"fullUrl": self.refs.url(r.type, r.id), "resource": jsonfast.raw(r.body), "mode": "include"}
                     for r in included]
-        next_url = None
-        if next_offset is not None:
-            # multi_items keeps repeated parameters (date=ge…&date=le…) that a dict would drop
-            params = [(k, v) for k, v in request.query_params.multi_items() if k != "_offset"]
-            params.append(("_offset", str(next_offset)))
-            next_url = str(request.url.replace(query=urllib.parse.urlencode(params)))
+        next_url = page_url(request, next_offset) if next_offset is not None else None
         return fhir_response(fr.bundle_searchset(entries, total, str(request.url), next_url))
