@@ -44,7 +44,7 @@ from starlette.routing import Route
 
 from twin.server import auth
 from twin.server import fhir as fr
-from twin.server.errors import FhirError, bad_request, not_found, unprocessable
+from twin.server.errors import FhirError, bad_request, unprocessable
 from twin.server.routes_task import (
     MAX_TEXT,
     body_reference,
@@ -340,11 +340,7 @@ async def patch_message(self: Service, request: Request) -> Response:
     async def work() -> Row:
         now = now_iso()
         async with self.storage.transaction() as tx:
-            await self.require_membership(tx, claims)  # a withdrawn team membership ends access now
-            row = await tx.get("Communication", id_)
-            if row is None:
-                raise not_found("Communication", id_)
-            self.check_row_access(claims, row)
+            row = await self.get_for(tx, claims, "Communication", id_)
             msg = json.loads(row.body)
             to = recipients(self.refs, msg)
             me = {("Patient", claims.context.patient_id)} if claims.user_type == "PATIENT" else {

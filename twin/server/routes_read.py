@@ -19,11 +19,7 @@ async def read(self: Service, request: Request) -> Response:
     claims = self.claims(request)
     claims.require(f"{type_}.read")
     async with self.storage.transaction() as tx:
-        await self.require_membership(tx, claims)  # a removed team member loses access at once
-        row = await tx.get(type_, id_)
-        if row is None:
-            raise not_found(type_, id_)
-        self.check_row_access(claims, row)
+        row = await self.get_for(tx, claims, type_, id_)
         await self.audit(tx, claims, "R", None, [row.patient], type_, id_)
     return Response(row.body, media_type=FHIR_JSON, headers={"ETag": f'W/"{row.version}"'})
 

@@ -46,7 +46,7 @@ from starlette.routing import Route
 from twin.rules import MEASUREMENTS
 from twin.server import auth
 from twin.server import fhir as fr
-from twin.server.errors import bad_request, not_found, unprocessable
+from twin.server.errors import bad_request, unprocessable
 from twin.server.routes_task import (
     PatchOp,
     check_if_match,
@@ -197,11 +197,7 @@ async def _update(self: Service, request: Request, claims: auth.Claims, make_new
     async def work() -> Row:
         now = now_iso()
         async with self.storage.transaction() as tx:
-            await self.require_membership(tx, claims)  # a withdrawn team membership ends access now
-            row = await tx.get("ServiceRequest", id_)
-            if row is None:
-                raise not_found("ServiceRequest", id_)
-            self.check_row_access(claims, row)  # the team that follows the episode, nobody else
+            row = await self.get_for(tx, claims, "ServiceRequest", id_)  # the episode's team, nobody else
             check_if_match(request, row)
             stored = json.loads(row.body)
             new = make_new(stored)

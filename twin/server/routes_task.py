@@ -46,7 +46,7 @@ from starlette.routing import Route
 
 from twin.server import auth, jsonfast
 from twin.server import fhir as fr
-from twin.server.errors import FhirError, bad_request, not_found, unprocessable
+from twin.server.errors import FhirError, bad_request, unprocessable
 from twin.server.service import Service, fhir_response, now_iso, page_count, page_offset, read_json
 from twin.server.storage import Filter, Row, Tx, new_id
 
@@ -382,11 +382,7 @@ async def patch_task(self: Service, request: Request) -> Response:
     async def work() -> Row:
         now = now_iso()
         async with self.storage.transaction() as tx:
-            await self.require_membership(tx, claims)  # a withdrawn team membership ends access now
-            row = await tx.get("Task", id_)
-            if row is None:
-                raise not_found("Task", id_)
-            self.check_row_access(claims, row)  # the Task's team compartment must be the token's care team
+            row = await self.get_for(tx, claims, "Task", id_)  # the Task's team must be the token's care team
             check_if_match(request, row)
             task = json.loads(row.body)
             patched = _task_patch(task, ops, claims, self.refs, now)

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from twin.server import auth, jsonfast
 from twin.server import fhir as fr
-from twin.server.errors import FHIR_JSON, FhirError, bad_request
+from twin.server.errors import FHIR_JSON, FhirError, bad_request, not_found
 from twin.server.settings import Settings
 from twin.server.storage import Row, Storage
 from twin.server.triage_worker import TriageWorker
@@ -136,6 +136,16 @@ class Service:
             return  # no context: nothing was granted by a membership, nothing to withdraw
         if not await tx.fetch(sql + " LIMIT 1", params):
             raise auth.AuthError.of("SECURITY_TOKEN_CONTEXT_NOT_ALLOWED", ctx.describe())
+
+    async def get_for(self, tx, claims: auth.Claims, type_: str, id_: str) -> Row:
+        """A stored resource the token may see: the membership still holds, the resource exists
+        (else 404), and it lies in the token's compartment (else 403). Reads and updates start here."""
+        await self.require_membership(tx, claims)  # a withdrawn team membership ends access now
+        row = await tx.get(type_, id_)
+        if row is None:
+            raise not_found(type_, id_)
+        self.check_row_access(claims, row)
+        return row
 
     def check_row_access(self, claims: auth.Claims, row: Row) -> None:
         """A citizen sees their own data; a practitioner the data of the care team in the token."""
