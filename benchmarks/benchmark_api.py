@@ -39,6 +39,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from twin.loadtest.httpload import build_request, run_load  # noqa: E402
+from twin.loadtest.runner import stop_process  # noqa: E402
 from twin.scenario import load_scenario  # noqa: E402
 from twin.seed import seed  # noqa: E402
 from twin.server import fhir as fr  # noqa: E402
@@ -176,8 +177,7 @@ def bench_twin(kind: str, tmp: Path, args) -> dict:
         out["triaged_after_run"] = httpx.get(f"{base}/health").json()["triaged"]
         return out
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc)
         drop_database(kind, name)
 
 
@@ -198,8 +198,7 @@ def bench_bare(kind: str, tmp: Path, args) -> dict:
               f"p95 {res.percentile_ms(95):6.1f}  p99 {res.percentile_ms(99):6.1f} ms  errors {res.errors}", flush=True)
         return res.summary()
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc)
         drop_database(kind, name)
 
 

@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.server.dbprobe import Probe  # noqa: E402
+from twin.loadtest.runner import stop_process  # noqa: E402
 from twin.server import fhir as fr  # noqa: E402
 
 TOKEN_PATH = "/auth/realms/nemlogin/protocol/openid-connect/token"
@@ -92,12 +93,7 @@ class ServerProcess:
         self._log.close()
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop_process(self.process)
         self._log.close()
 
 

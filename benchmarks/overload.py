@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import benchmark_api as b  # noqa: E402
 
 from twin.loadtest.httpload import run_load, run_open_load  # noqa: E402
+from twin.loadtest.runner import stop_process  # noqa: E402
 from twin.scenario import load_scenario  # noqa: E402
 from twin.seed import seed  # noqa: E402
 
@@ -100,8 +101,7 @@ def run(label: str, extra_env: dict, tmp: Path, args) -> dict:
         return {"saturation_rps": round(saturation, 1), "phases": table, "recovery_s": rec,
                 "admission": health.get("admission")}
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_process(proc, 30.0)
 
 
 def main() -> int:

@@ -10,6 +10,7 @@ import pytest
 from loadtests.schedule import load_trace
 from tests.conftest import ROOT, SCENARIOS
 from tests.server.conftest import free_port, start_server
+from twin.loadtest.runner import stop_process
 from twin.scenario import load_scenario
 from twin.seed import seed
 
@@ -37,8 +38,4 @@ def seeded_server(tmp_path_factory, name: str):
 
 
 def stop(server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
+    stop_process(server.process)

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, SCENARIOS
+from twin.loadtest.runner import stop_process
 from twin.scenario import load_scenario
 from twin.seed import seed
 
@@ -97,10 +98,6 @@ def server(request, tmp_path_factory):
     seed(scenario, database, base)
     srv = start_server(kind, database, port)
     yield srv
-    srv.process.terminate()
-    try:
-        srv.process.wait(10)
-    except subprocess.TimeoutExpired:
-        srv.process.kill()
+    stop_process(srv.process)
     if dbname:
         asyncio.run(_pg(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))

@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import SCENARIOS
 from tests.server.conftest import free_port, start_server
 from tests.server.test_api import GREEN, bearer, login, submission
+from twin.loadtest.runner import stop_process
 from twin.scenario import load_scenario
 from twin.seed import seed
 from twin.server.storage import Filter, Storage
@@ -60,5 +61,4 @@ def test_triage_survives_sigkill(tmp_path):
             time.sleep(0.2)
         assert (submitted, triaged, pending) == (accepted, accepted, 0), (triaged_before, triaged, pending)
     finally:
-        restarted.process.terminate()
-        restarted.process.wait(10)
+        stop_process(restarted.process)

@@ -11,6 +11,7 @@ import httpx
 from tests.conftest import SCENARIOS
 from tests.server.conftest import free_port, start_server
 from tests.server.test_api import bearer, login
+from twin.loadtest.runner import stop_process
 from twin.scenario import load_scenario
 from twin.seed import seed
 
@@ -61,5 +62,4 @@ def test_a_burst_beyond_the_limits_is_shed_and_the_service_recovers(tmp_path):
             stats = c.get("/health").json()["admission"]
             assert stats["shed"] == len(shed) and stats["inflight"] == 0 and stats["queued"] == 0
     finally:
-        server.process.terminate()
-        server.process.wait(10)
+        stop_process(server.process)

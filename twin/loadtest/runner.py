@@ -186,12 +186,17 @@ class LocalServer:
         raise LoadTestError(f"twin serve did not answer /health within {STARTUP_TIMEOUT_S:.0f} s")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop_process(self.process)
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """SIGTERM (a server drains and closes its database), SIGKILL if it has not ended in ``timeout_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout_s)
 
 
 def _get(url: str, headers: dict | None = None, timeout_s: float = 5.0) -> tuple[int | None, bytes]:
