@@ -20,12 +20,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from twin.capacity.usl import usl_throughput  # noqa: E402
+from twin.report.figures import _save  # noqa: E402
 
 
 def draw_capacity_figures(cap_dir: Path) -> dict[str, Path]:
     cap_dir = Path(cap_dir)
     fig_dir = cap_dir / "figures"
-    fig_dir.mkdir(exist_ok=True)
+
     out: dict[str, Path] = {}
     summary = json.loads((cap_dir / "capacity.json").read_text(encoding="utf-8"))
     levels = pd.read_csv(cap_dir / "levels.csv") if (cap_dir / "levels.csv").exists() else pd.DataFrame()
@@ -55,9 +56,7 @@ def draw_capacity_figures(cap_dir: Path) -> dict[str, Path]:
         ax.set_ylabel("predicted p95 latency (ms)")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        out["capacity_latency"] = fig_dir / "capacity_latency.png"
-        fig.savefig(out["capacity_latency"], dpi=110)
-        plt.close(fig)
+        out["capacity_latency"] = _save(fig, fig_dir, "capacity_latency")
 
     if len(steps):
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -86,7 +85,5 @@ def draw_capacity_figures(cap_dir: Path) -> dict[str, Path]:
         ax2.set_ylabel("latency (ms)")
         ax2.legend(fontsize=7)
         fig.tight_layout()
-        out["capacity_usl"] = fig_dir / "capacity_usl.png"
-        fig.savefig(out["capacity_usl"], dpi=110)
-        plt.close(fig)
+        out["capacity_usl"] = _save(fig, fig_dir, "capacity_usl")
     return out
