@@ -51,6 +51,7 @@ from twin.server.errors import FhirError, bad_request
 from twin.server.search import (
     ParamSpec,
     access_scope,
+    check_parameter_names,
     parse_instant,
     read_parameters,
     reference_id,
@@ -110,16 +111,7 @@ DATE_PREFIXES = ("eq", "ge", "gt", "le", "lt")
 
 
 def _check_parameter_names(q) -> None:
-    for name in sorted({k for k, _ in q.multi_items()} - SEARCH_PARAMS - IGNORED_PARAMS):
-        base = name.split(":", 1)[0].split(".", 1)[0]
-        if base in SEARCH_PARAMS:
-            raise bad_request("SEARCH_UNSUPPORTED_MODIFIER", f"Observation search: {name!r} — modifiers and chains "
-                              f"are not supported on {base!r}")
-        raise bad_request("SEARCH_UNKNOWN_PARAMETER", f"Observation search has no parameter {name!r}; supported: "
-                          f"{', '.join(sorted(SEARCH_PARAMS | IGNORED_PARAMS))}")
-    for name in SINGLE_PARAMS:
-        if len(q.getlist(name)) > 1:
-            raise bad_request("SEARCH_REPEATED_PARAMETER", f"Observation search: {name!r} may be given only once")
+    check_parameter_names(q, SEARCH_PARAMS | IGNORED_PARAMS, "Observation search", SINGLE_PARAMS)
 
 
 def code_filter(value: str) -> Filter:

@@ -47,6 +47,7 @@ from starlette.routing import Route
 from twin.server import auth, jsonfast
 from twin.server import fhir as fr
 from twin.server.errors import FhirError, bad_request, unprocessable
+from twin.server.search import check_parameter_names
 from twin.server.service import Service, fhir_response, now_iso, page_count, page_offset, read_json
 from twin.server.storage import Filter, Row, Tx, new_id
 
@@ -245,9 +246,7 @@ TASK_INCLUDES = ("Task:focus",)
 def _check_task_search(q) -> None:
     """A filter the service does not know must not be dropped silently (the nurse would get more
     than she asked for): unknown parameters, sorts, includes and status codes are a 400."""
-    for name in sorted({k for k, _ in q.multi_items()} - TASK_SEARCH_PARAMS):
-        raise bad_request("SEARCH_UNKNOWN_PARAMETER", f"Task search has no parameter {name!r}; supported: "
-                          f"{', '.join(sorted(TASK_SEARCH_PARAMS))}")
+    check_parameter_names(q, TASK_SEARCH_PARAMS, "Task search", ("responsible", "_sort", "_count", "_offset"))
     sort = q.get("_sort")
     if sort is not None and sort not in TASK_SORTS:
         raise bad_request("SEARCH_INVALID_SORT", f"_sort={sort!r}: Task search sorts by {' or '.join(TASK_SORTS)}")

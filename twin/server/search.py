@@ -221,3 +221,20 @@ async def access_scope(self: Service, tx, claims: auth.Claims, patient_ids: Sequ
     if ctx.episode_of_care_id is not None:
         filters.append(Filter("episode", "=", ctx.episode_of_care_id))
     return filters
+
+
+def check_parameter_names(q, supported: frozenset[str], what: str, single: tuple[str, ...] = ()) -> None:
+    """400 for a search parameter the service does not support — a filter silently dropped would
+    return more than the client asked for: ``SEARCH_UNSUPPORTED_MODIFIER`` for a modifier or chain on
+    a supported one (``code:text``, ``patient.name``), ``SEARCH_UNKNOWN_PARAMETER`` otherwise, and
+    ``SEARCH_REPEATED_PARAMETER`` for a ``single`` one given twice."""
+    for name in sorted({k for k, _ in q.multi_items()} - supported):
+        base = name.split(":", 1)[0].split(".", 1)[0]
+        if base in supported:
+            raise bad_request("SEARCH_UNSUPPORTED_MODIFIER", f"{what}: {name!r} — modifiers and chains are not "
+                              f"supported on {base!r}")
+        raise bad_request("SEARCH_UNKNOWN_PARAMETER", f"{what} has no parameter {name!r}; supported: "
+                          f"{', '.join(sorted(supported))}")
+    for name in single:
+        if len(q.getlist(name)) > 1:
+            raise bad_request("SEARCH_REPEATED_PARAMETER", f"{what}: {name!r} may be given only once")
