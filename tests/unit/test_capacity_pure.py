@@ -11,7 +11,7 @@ import pytest
 from twin.capacity import compare as cmp
 from twin.capacity import recommend as rec
 from twin.capacity import storage_growth as sg
-from twin.capacity.calibrate import ServerCounters, build_calibration, kind_of
+from twin.capacity.calibrate import TRIAGE_MS_ESTIMATE, direct_calibration, kind_of
 from twin.platform import PlatformConfig, ServiceTime, calibration_from_latencies
 
 MIX = {"submit_measurement": 0.3, "token": 0.7}
@@ -112,14 +112,14 @@ def test_submissions_per_citizen_year():
     assert sg.submissions_per_citizen_year(sessions, citizens, 365.25) == pytest.approx(50.0)
 
 
-def test_build_calibration_pools_rare_endpoints_and_estimates_triage():
+def test_calibration_pools_rare_endpoints_by_kind():
     rng = np.random.default_rng(0)
     n = 300
     req = pd.DataFrame({"endpoint": ["token"] * 200 + ["submit_measurement"] * 95 + ["task_claim"] * 5,
                         "latency_ms": rng.lognormal(0.5, 0.3, n), "ok": 1})
-    counters = ServerCounters(cpu_s=float(req["latency_ms"].sum()) / 1000 + 0.095, triaged=95, wall_s=10.0)
-    cal, details = build_calibration(req, counters)
-    assert details["triage_ms_estimate"] == pytest.approx(1.0)
+    cpu_s = float(req["latency_ms"].sum()) / 1000 * 0.8  # a fifth of the latency is client and loopback
+    cal, details = direct_calibration(req, cpu_s + 95 * TRIAGE_MS_ESTIMATE / 1000, 0.0, 95)
+    assert details["overhead_ms"] == pytest.approx(0.2 * float(req["latency_ms"].mean()))
     assert details["endpoint_source"]["task_claim"].startswith("estimate: pooled writes")
     assert details["endpoint_source"]["token"].startswith("measured")
     assert kind_of("task_claim") == "write" and kind_of("token") == "read"

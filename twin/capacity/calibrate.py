@@ -1,27 +1,20 @@
-"""Calibrate the platform model from a low-load replay of the real API (→ ``calibration.json``).
+"""Calibrate the platform model from measurements of the real API (→ ``calibration.json``).
 
-A replay of the scenario's peak window at a small speed-up keeps the server at a few per cent
-utilisation, so almost no request queues and each request's latency is its service time. Locust
-logs every request (``loadtests/latency_log.py``); this module turns that log into a
-:class:`twin.platform.PlatformCalibration`:
+The measurement is the single-client baseline of :func:`twin.capacity.directload.single_client_run`:
+one request at a time, so none queues. :func:`direct_calibration` turns its request log and the
+server's event-loop CPU into a :class:`twin.platform.PlatformCalibration`:
 
-* **per endpoint** — the successful requests' latencies, fitted as lognormal (mean and cv). No
-  client overhead is subtracted: with ``twin serve`` on one uvicorn worker, HTTP parsing and JSON
-  encoding run on the server's event loop and are as much service time as the handler is. The
-  Locust client's own time (a few tenths of a millisecond on loopback) is therefore counted as
-  service time: a small, conservative bias.
-* **endpoints with fewer than** ``MIN_SAMPLES`` **samples** in the short replay (rare clinician
-  writes) get the pooled samples of their kind (writes or reads) and say so in the calibration's
-  notes — an estimate, not a measurement;
-* **database split** — SQLite: ``db_fraction`` 0 (the database runs in-process, on the event loop:
-  its time *is* worker CPU time; see :data:`twin.platform.calibration.DEFAULT_DB_FRACTION`);
-* **asynchronous triage** — *estimated*, not measured per job: the server process's CPU time
-  during the replay (``/proc/<pid>/stat``) minus the summed request latencies, divided by the
-  submissions triaged meanwhile (the ``triaged`` counter of ``/health``). Its shape is assumed
-  exponential (gamma, cv 1). A negative remainder (client time in the latencies exceeds the
-  triage work) gives the floor :data:`TRIAGE_FLOOR_MS`.
-* **audit** — written inside the request's own transaction by this server, so it is already in
-  the latencies: ``fixed(0)``.
+* **per endpoint** — the requests' CPU service times: latency minus a client + loopback overhead
+  that is the same for every request, chosen so that the service times add up to the measured CPU
+  (idle CPU and the triage's :data:`TRIAGE_MS_ESTIMATE` per submission taken off first); kept as
+  measured percentiles;
+* **endpoints with fewer than** ``MIN_SAMPLES`` **samples** (rare clinician writes) get the pooled
+  samples of their kind (writes or reads) and say so in the calibration's notes — an estimate;
+* **database split** — SQLite runs in-process on the event loop: its time *is* worker CPU time;
+* **audit** — written inside the request's own transaction, so already in the service times.
+
+:func:`fit_open_demand` and :func:`scale_calibration` give the open-model variant (Poisson arrivals
+cost more per request than back-to-back ones; see the pipeline).
 """
 
 from __future__ import annotations
@@ -30,7 +23,7 @@ import json
 import os
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +35,6 @@ from twin.platform.calibration import MIN_SAMPLES
 
 WRITE_ENDPOINTS = frozenset({"submit_measurement", "task_claim", "task_complete", "clinicalimpression_create",
                              "communication_create"})
-TRIAGE_FLOOR_MS = 0.1  # an async job always costs something; below this the estimate is noise
 TRIAGE_CV = 1.0  # assumption: no per-job measurement, exponential-like spread
 
 
@@ -64,12 +56,6 @@ def read_latency_log(path: str | Path) -> pd.DataFrame:
     return df.sort_values("start_s", kind="stable").reset_index(drop=True)
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far, all its threads (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def event_loop_cpu_s(pid: int) -> float:
     """CPU seconds of the server's main thread — its event loop, the one resource every request
     queues for. The process also runs SQLite's checkpointer thread (on another core: it is not
@@ -82,15 +68,6 @@ def triaged_count(base_url: str) -> int:
     """The server's count of triaged submissions since it started (``GET /health``)."""
     with urllib.request.urlopen(f"{base_url.rstrip('/')}/health", timeout=10) as r:
         return int(json.loads(r.read())["triaged"])
-
-
-@dataclass(frozen=True)
-class ServerCounters:
-    """What the server did during the calibration replay (differences over the replay)."""
-
-    cpu_s: float
-    triaged: int
-    wall_s: float
 
 
 def calibration_samples(requests: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -115,42 +92,6 @@ def calibration_samples(requests: pd.DataFrame) -> tuple[dict[str, np.ndarray], 
             raise ValueError(f"calibration: only {everything.size} successful requests logged; need at least "
                              f"{MIN_SAMPLES} (a longer or faster low-load replay)")
     return samples, source
-
-
-def triage_estimate_ms(requests: pd.DataFrame, counters: ServerCounters) -> tuple[float, str]:
-    """Mean CPU ms of one submission's asynchronous triage: (server CPU − Σ latency) / triaged."""
-    latency_s = float(requests["latency_ms"].sum()) / 1000.0
-    if counters.triaged <= 0:
-        return TRIAGE_FLOOR_MS, "estimate: no submission triaged during the replay; floor used"
-    per_ms = (counters.cpu_s - latency_s) * 1000.0 / counters.triaged
-    note = (f"estimate: server CPU {counters.cpu_s:.2f} s - summed latency {latency_s:.2f} s over "
-            f"{counters.triaged} triaged submissions = {per_ms:.2f} ms each")
-    if per_ms < TRIAGE_FLOOR_MS:
-        return TRIAGE_FLOOR_MS, note + f" (below the floor {TRIAGE_FLOOR_MS} ms: floor used)"
-    return per_ms, note
-
-
-def build_calibration(requests: pd.DataFrame, counters: ServerCounters, *,
-                      server_config: Mapping[str, object] | None = None) -> tuple[PlatformCalibration, dict]:
-    """The calibration from a low-load replay's request log and the server's counters; also a
-    dict of what was measured and what estimated (written beside it, shown in the report)."""
-    samples, source = calibration_samples(requests)
-    triage_ms, triage_note = triage_estimate_ms(requests, counters)
-    busy = float(requests["latency_ms"].sum()) / 1000.0
-    utilisation = busy / counters.wall_s if counters.wall_s > 0 else float("nan")
-    notes = ("low-load replay of the scenario's peak window; " + triage_note + "; audit written in the request's "
-             "transaction (in the latency); estimated endpoints: "
-             + (", ".join(f"{n} ({s})" for n, s in source.items() if s.startswith("estimate")) or "none"))
-    cal = calibration_from_latencies(
-        samples, database_kind="sqlite", triage_worker_ms=ServiceTime("gamma", triage_ms, TRIAGE_CV),
-        audit_write_ms=ServiceTime("gamma", 0.0, 0.0), family="lognormal",
-        server_config=dict(server_config or {"workers": 1, "server": "uvicorn", "database": "sqlite"}), notes=notes)
-    details = {"requests": int(len(requests)), "ok": int((requests["ok"] == 1).sum()), "wall_s": counters.wall_s,
-               "server_cpu_s": counters.cpu_s, "triaged": counters.triaged, "triage_ms_estimate": triage_ms,
-               "triage_note": triage_note, "utilisation_during_calibration": utilisation,
-               "endpoint_source": source,
-               "mean_service_ms": {n: e.mean_service_ms for n, e in cal.endpoints.items()}}
-    return cal, details
 
 
 # --------------------------------------------------------------------------- direct calibration

@@ -334,7 +334,8 @@ def run_capacity(run: CapacityRun) -> dict:
     levels.loc[levels["level"] == "locust-replay", "judged"] = False
     levels.to_csv(out / "levels.csv", index=False)
     # the sweep against exact MVA on the calibrated demand (triage included: it takes the same core)
-    demand_ms = 1000.0 / cmp.capacity_per_s(cal, model_cfg, mix)["per_resource"]["cpu_cores"]
+    model_sat = cmp.capacity_per_s(cal, model_cfg, mix)
+    demand_ms = 1000.0 / model_sat["per_resource"]["cpu_cores"]
     x_mva, r_mva = mva_closed(demand_ms, overhead_ms, max(SWEEP_CONCURRENCY))
     n_idx = steps["concurrency"].to_numpy() - 1
     steps["predicted_throughput_per_s"] = x_mva[n_idx]
@@ -342,7 +343,6 @@ def run_capacity(run: CapacityRun) -> dict:
     steps["throughput_rel_error"] = steps["predicted_throughput_per_s"] / steps["throughput_per_s"] - 1
     steps["mean_rel_error"] = steps["predicted_mean_ms"] / steps["mean_ms"] - 1
     steps.to_csv(out / "steps.csv", index=False)
-    model_sat = cmp.capacity_per_s(cal, model_cfg, mix)
     sat_err = model_sat["rate_per_s"] / measured_sat - 1
     summary["saturation"] = {"measured_per_s": measured_sat, "measured_reached": True,
                              "predicted_per_s": model_sat["rate_per_s"], "predicted_bottleneck": model_sat["bottleneck"],
