@@ -234,18 +234,18 @@ def run_capacity(run: CapacityRun) -> dict:
             # 2. closed-loop concurrency sweep: saturation and the USL's points
             step_s = SHARES["sweep"] * budget / len(SWEEP_CONCURRENCY)
             steps = dl.closed_sweep(pools, mix, SWEEP_CONCURRENCY, step_s, run.seed)
-            measured_sat = float(steps["throughput_per_s"].max())
-            _say(run, f"capacity {name}: sweep: saturation {measured_sat:.0f} req/s")
+            measured_sat_per_s = float(steps["throughput_per_s"].max())
+            _say(run, f"capacity {name}: sweep: saturation {measured_sat_per_s:.0f} req/s")
             _wait_triage_idle(server.base_url)
             # 3. open-model calibration: two low open loads (operational analysis of the loop's CPU)
-            single_rate = len(cal_req) / cal_s
+            single_rate_per_s = len(cal_req) / cal_s
             open_cal_runs = []
             for k, share in enumerate(OPEN_CALIBRATION_SHARES):
                 c0, n0, t0 = cb.event_loop_cpu_s(pid), cb.triaged_count(server.base_url), time.monotonic()
-                req = dl.open_run(pools, mix, share * single_rate, SHARES["open_calibration"] * budget,
+                req = dl.open_run(pools, mix, share * single_rate_per_s, SHARES["open_calibration"] * budget,
                                   run.seed + 50 + k)
                 triaged_k = _wait_triage_idle(server.base_url) - n0
-                open_cal_runs.append({"rate_per_s": share * single_rate, "wall_s": time.monotonic() - t0,
+                open_cal_runs.append({"rate_per_s": share * single_rate_per_s, "wall_s": time.monotonic() - t0,
                                       "requests": len(req), "cpu_s": cb.event_loop_cpu_s(pid) - c0,
                                       "triaged": triaged_k})
                 if k == 0:
@@ -263,9 +263,9 @@ def run_capacity(run: CapacityRun) -> dict:
                                             f"{open_fit['per_request_ms']:.3f} ms per request (fit_open_demand) at "
                                             f"{100 * open_fit['fixed_share']:.1f} % of the loop per second")
             save_calibration(open_cal, out / "calibration_open.json")
-            open_sat = open_fit["capacity_per_s"]
+            open_capacity_per_s = open_fit["capacity_per_s"]
             summary["open_model"] = {**open_fit, "runs": open_cal_runs, "cpu_factor": factor}
-            _say(run, f"capacity {name}: open-model capacity {open_sat:.0f} req/s "
+            _say(run, f"capacity {name}: open-model capacity {open_capacity_per_s:.0f} req/s "
                       f"(F {100 * open_fit['fixed_share']:.1f} %, D {open_fit['per_request_ms']:.3f} ms)")
             # 4. open-model levels at shares of that capacity; the model runs on the same arrivals
             level_s = SHARES["level"] * budget
@@ -273,7 +273,7 @@ def run_capacity(run: CapacityRun) -> dict:
             for k, share in enumerate(LEVEL_SHARES):
                 label = f"open-{round(share * 100)}pct"
                 c0, t0 = cb.event_loop_cpu_s(pid), time.monotonic()
-                req = dl.open_run(pools, mix, share * open_sat, level_s, run.seed + 100 + k)
+                req = dl.open_run(pools, mix, share * open_capacity_per_s, level_s, run.seed + 100 + k)
                 _wait_triage_idle(server.base_url)
                 level_cpu_s = cb.event_loop_cpu_s(pid) - c0
                 req.to_csv(out / "runs" / f"{label}.csv", index=False)
@@ -289,7 +289,7 @@ def run_capacity(run: CapacityRun) -> dict:
             over_s = SHARES["overload"] * budget
             phases = []
             for k, share in enumerate(OVERLOAD_SHARES):
-                req = dl.open_run(pools, mix, share * open_sat, over_s, run.seed + 200 + k)
+                req = dl.open_run(pools, mix, share * open_capacity_per_s, over_s, run.seed + 200 + k)
                 req.to_csv(out / "runs" / f"overload-{k}.csv", index=False)
                 waited = (req["latency_ms"] + req["lag_ms"]).to_numpy(float)  # from the due time, as a user waits
                 ok = req["ok"].to_numpy() == 1
@@ -308,7 +308,7 @@ def run_capacity(run: CapacityRun) -> dict:
             # 6. the trace itself, replayed by Locust through the real call sequences (realism, not judged:
             #    Locust's client time differs from the direct client's overhead)
             replay_s = SHARES["replay"] * budget
-            sp = _speedup_for(sessions, actions, peak.start, 0.2 * open_sat, replay_s, trace_end)
+            sp = _speedup_for(sessions, actions, peak.start, 0.2 * open_capacity_per_s, replay_s, trace_end)
             end = min(peak.start + pd.Timedelta(seconds=replay_s * sp), trace_end)
             t = time.monotonic()
             s = run_loadtest(replace(base_run, target=server.base_url, out=out / "runs" / "replay",
@@ -330,7 +330,7 @@ def run_capacity(run: CapacityRun) -> dict:
     timings["loadtest_total"] = round(time.monotonic() - started, 2)
 
     # predicted vs measured: levels
-    levels = cmp.compare_levels(pd.concat(predicted), pd.concat(measured), open_sat)
+    levels = cmp.compare_levels(pd.concat(predicted), pd.concat(measured), open_capacity_per_s)
     levels.loc[levels["level"] == "locust-replay", "judged"] = False
     levels.to_csv(out / "levels.csv", index=False)
     # the sweep against exact MVA on the calibrated demand (triage included: it takes the same core)
@@ -343,11 +343,11 @@ def run_capacity(run: CapacityRun) -> dict:
     steps["throughput_rel_error"] = steps["predicted_throughput_per_s"] / steps["throughput_per_s"] - 1
     steps["mean_rel_error"] = steps["predicted_mean_ms"] / steps["mean_ms"] - 1
     steps.to_csv(out / "steps.csv", index=False)
-    sat_err = model_sat["rate_per_s"] / measured_sat - 1
-    summary["saturation"] = {"measured_per_s": measured_sat, "measured_reached": True,
+    sat_err = model_sat["rate_per_s"] / measured_sat_per_s - 1
+    summary["saturation"] = {"measured_per_s": measured_sat_per_s, "measured_reached": True,
                              "predicted_per_s": model_sat["rate_per_s"], "predicted_bottleneck": model_sat["bottleneck"],
                              "rel_error": sat_err, "within_bar": abs(sat_err) <= cmp.SATURATION_BAR,
-                             "bar": cmp.SATURATION_BAR, "demand_ms": demand_ms, "open_model_capacity_per_s": open_sat}
+                             "bar": cmp.SATURATION_BAR, "demand_ms": demand_ms, "open_model_capacity_per_s": open_capacity_per_s}
     judged = levels[(levels["endpoint"] == "all") & levels["judged"]]
     judged_ep = levels[(levels["endpoint"] != "all") & levels["judged"]]
     summary["p95_bar"] = {"bar": cmp.P95_BAR, "levels_judged": int(len(judged)),
