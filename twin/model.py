@@ -192,7 +192,9 @@ def simulate(scenario: Scenario, progress: Callable[[str], None] | None = None) 
     caseload = active_caseload(citizens_df["team_id"].to_numpy(), citizens_df["enrol_day"].to_numpy(),
                                citizens_df["exit_day"].to_numpy(), len(teams), days)
     items, source, review_day = _work_items(flagged, "upload_day", caseload, care, calendar, streams)
-    done = simulate_nurse_work(items, teams.fte, calendar, horizon_min=days * MINUTES_PER_DAY)
+    # nurses cannot open their worklists while the infrastructure is down (outages in minutes)
+    done = simulate_nurse_work(items, teams.fte, calendar, horizon_min=days * MINUTES_PER_DAY,
+                               outages_min=outages * MINUTES_PER_DAY if len(outages) else None)
     counterfactual = None
     if len(outages):  # the same alerts at their intended upload times: what the outage cost the nurses
         cf_items, cf_source, _ = _work_items(flagged, "intended_upload_day", caseload, care, calendar, streams)

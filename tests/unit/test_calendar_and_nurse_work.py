@@ -88,3 +88,28 @@ def test_unfinished_work_stays_open_and_backlog_is_recorded():
 def test_items_must_be_sorted():
     with pytest.raises(ValueError, match="sorted"):
         simulate_nurse_work(items([(0, 5, 0, 1), (0, 1, 0, 1)]), np.array([1]), cal(), DAY)
+
+
+def test_no_item_is_started_during_an_outage_and_the_backlog_is_taken_at_its_end():
+    # Monday 09:00-11:00 the infrastructure is down. One nurse is busy with a 90-minute item from
+    # 08:00, so she finishes it in the outage (08:00-09:30) and can open nothing until 11:00.
+    work = items([(0, 0.0, PRIORITY_ROUTINE, 90), (0, 9 * 60 + 30, PRIORITY_RED, 10),
+                  (0, 10 * 60, PRIORITY_YELLOW, 5), (0, 12 * 60, PRIORITY_RED, 5)])
+    outage = np.array([[9 * 60, 11 * 60]], dtype=float)
+    done = simulate_nurse_work(work, np.array([1]), cal(), horizon_min=2 * DAY, outages_min=outage)
+    assert done.start_min[0] == 480 and done.end_min[0] == 570  # the item in hand is finished
+    assert done.start_min[1] == 11 * 60 and done.start_min[2] == 11 * 60 + 10  # red first, at the outage's end
+    assert done.start_min[3] == 12 * 60  # after the outage, work as usual
+    without = simulate_nurse_work(work, np.array([1]), cal(), horizon_min=2 * DAY)
+    assert without.start_min[1] == 570  # the same items without the outage: taken at once
+
+
+def test_an_outage_off_shift_changes_nothing_and_an_idle_team_waits_for_its_end():
+    work = items([(0, 20 * 60, PRIORITY_RED, 10), (0, DAY + 9 * 60, PRIORITY_RED, 10)])
+    night = np.array([[21 * 60, 23 * 60]], dtype=float)
+    assert (simulate_nurse_work(work, np.array([2]), cal(), 3 * DAY, outages_min=night).start_min
+            == simulate_nurse_work(work, np.array([2]), cal(), 3 * DAY).start_min).all()
+    # Tuesday 08:30-10:00 down: the idle team's item released at 09:00 waits for 10:00.
+    morning = np.array([[DAY + 8.5 * 60, DAY + 10 * 60]], dtype=float)
+    done = simulate_nurse_work(work, np.array([2]), cal(), 3 * DAY, outages_min=morning)
+    assert done.start_min[1] == DAY + 10 * 60

@@ -28,7 +28,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from twin.loadtest.httpload import _read_response, build_request, poisson_schedule, run_load, run_open_load
+from twin.loadtest.httpload import (
+    _read_response,
+    build_request,
+    collector_paused,
+    poisson_schedule,
+    run_load,
+    run_open_load,
+)
 
 DIRECT_ENDPOINTS = ("token", "refresh_context", "episodeofcare_search", "get_patient_procedures",
                     "servicerequest_read", "submit_measurement", "careteam_roster", "task_worklist",
@@ -212,7 +219,8 @@ def single_client_run(pools: RequestPools, mix: Mapping[str, float], duration_s:
             writer.close()
         return out
 
-    rows = asyncio.run(go())
+    with collector_paused():  # the client's own GC pauses must not pass for the server's latency
+        rows = asyncio.run(go())
     sent = len(rows)
     used = int((endpoints[:sent] == "submit_measurement").sum())
     pools.by_endpoint["submit_measurement"] = pools.by_endpoint["submit_measurement"][used:]

@@ -6,7 +6,9 @@ review) and first-come-first-served within a priority, as the FUT clinician app 
 ``-priority``. Alerts arrive when a flagged session is uploaded; routine review of every citizen's
 data is released at the start of the team's review days in half-hour blocks. A free nurse on shift
 takes the next item and works it to the end (a nurse finishes the item in hand after the shift
-ends); nobody starts work off shift.
+ends); nobody starts work off shift, nor during an outage of the infrastructure (the clinician app
+cannot open the worklist then; the item in hand is finished), and at the outage's end the teams
+take up their worklists again.
 
 SimPy is the event scheduler: one shift process wakes every team at the start of each shift, each
 item in service is one timeout whose callback frees the nurse, and an idle team waits for its next
@@ -63,12 +65,12 @@ class _Team:
     for a release with a timeout of its own. That halves the events per item.
     """
 
-    __slots__ = ("env", "calendar", "free", "off_duty", "duty_end_min", "queue", "todo", "next_todo", "wake_at",
-                 "priority", "release", "service", "start", "end", "nurse", "waiting_work_min")
+    __slots__ = ("env", "calendar", "outages", "free", "off_duty", "duty_end_min", "queue", "todo", "next_todo",
+                 "wake_at", "priority", "release", "service", "start", "end", "nurse", "waiting_work_min")
 
     def __init__(self, env: simpy.Environment, fte: float, calendar: ShiftCalendar, columns: dict[str, list],
-                 todo: list[int]) -> None:
-        self.env, self.calendar = env, calendar
+                 todo: list[int], outages: list[tuple[float, float]] = ()) -> None:
+        self.env, self.calendar, self.outages = env, calendar, outages
         self.priority, self.release, self.service = columns["priority"], columns["release"], columns["service"]
         self.start, self.end, self.nurse = columns["start"], columns["end"], columns["nurse"]
         nurses = max(1, math.ceil(fte - 1e-9))
@@ -98,8 +100,8 @@ class _Team:
         """Pull what has arrived, start what free nurses can, and wait for the next release if idle."""
         now = self.env.now
         self.pull(now)
-        if not self.free or not self.calendar.on_shift(now):
-            return
+        if not self.free or not self.calendar.on_shift(now) or self.in_outage(now):
+            return  # a shift start or an outage's end calls work() again
         minute_of_day = now % MINUTES_PER_DAY
         while self.free and self.queue:
             if not self.calendar.always_on and minute_of_day >= self.duty_end_min[self.free[-1]]:
@@ -118,6 +120,9 @@ class _Team:
                 self.wake_at = t
                 self.env.timeout(t - now).callbacks.append(self._wake)
 
+    def in_outage(self, now: float) -> bool:
+        return any(a <= now < b for a, b in self.outages)
+
     def _wake(self, _event) -> None:
         self.wake_at = float("inf")
         self.work()
@@ -130,11 +135,12 @@ class _Team:
 
 
 def simulate_nurse_work(items: WorkItems, fte_per_team: np.ndarray, calendar: ShiftCalendar,
-                        horizon_min: float) -> WorkDone:
+                        horizon_min: float, outages_min: np.ndarray | None = None) -> WorkDone:
     """Run the teams' worklists until ``horizon_min``; items not finished by then stay open (NaN).
 
     ``fte_per_team`` is each team's staffing in full-time equivalents: 2.3 is two full-time nurses
-    and one on duty for the first 30 % of each shift."""
+    and one on duty for the first 30 % of each shift. ``outages_min`` ((k, 2) start and end minutes)
+    are outages of the infrastructure: no item is started during one."""
     n = len(items)
     if n and np.any(np.diff(items.release_min) < 0):
         raise ValueError("work items must be sorted by release_min")
@@ -145,8 +151,18 @@ def simulate_nurse_work(items: WorkItems, fte_per_team: np.ndarray, calendar: Sh
     env = simpy.Environment()
     order = np.argsort(items.team, kind="stable")  # stable: each team's items stay in release order
     bounds = np.searchsorted(items.team[order], np.arange(len(fte_per_team) + 1))
-    teams = [_Team(env, float(f), calendar, columns, order[bounds[k]:bounds[k + 1]].tolist())
+    outages = [(float(a), float(b)) for a, b in (outages_min if outages_min is not None else np.empty((0, 2)))]
+    teams = [_Team(env, float(f), calendar, columns, order[bounds[k]:bounds[k + 1]].tolist(), outages)
              for k, f in enumerate(fte_per_team)]
+
+    def outage_ends():
+        for _, end in sorted(outages):
+            if end >= horizon_min:
+                return
+            if end > env.now:
+                yield env.timeout(end - env.now)
+            for team in teams:  # back online: what piled up is taken (if the shift is on)
+                team.work()
 
     def shifts():
         for t in calendar.shift_starts(horizon_min):
@@ -169,6 +185,8 @@ def simulate_nurse_work(items: WorkItems, fte_per_team: np.ndarray, calendar: Sh
             team.work()
     else:
         env.process(shifts())
+    if outages:
+        env.process(outage_ends())
     env.run(until=horizon_min)
     return WorkDone(np.array(columns["start"]), np.array(columns["end"]), np.array(columns["nurse"], dtype=np.int32),
                     np.array(backlog["team"], dtype=np.int32), np.array(backlog["min"], dtype=float),

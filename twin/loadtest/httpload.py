@@ -10,13 +10,19 @@ answers about twice that).
   whole response, and send the next, for ``duration_s``; latency from write to the last byte;
 * :func:`run_open_load` — open model: requests are due at given times (e.g. :func:`poisson_schedule`),
   whatever the answers' latency; latency from the due time.
+
+Both run with the client's garbage collector held off (:func:`collector_paused`): a full collection
+in a process holding a trace stops the client's loop for tens of milliseconds, and every answer
+arriving meanwhile would be timestamped late — a stall of the generator measured as the server's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,9 +83,31 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside the block (runs are bounded; reference counting still
+    frees almost everything): collect once, freeze what is alive, disable; undone on exit."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
+
+
 async def run_load(host: str, port: int, requests: Sequence[bytes], concurrency: int, duration_s: float,
                    warmup_s: float = 1.0) -> LoadResult:
     """Closed loop: each connection takes the next request of the pool (cycled) when its last one answered."""
+    with collector_paused():
+        return await _closed_loop(host, port, requests, concurrency, duration_s, warmup_s)
+
+
+async def _closed_loop(host: str, port: int, requests: Sequence[bytes], concurrency: int, duration_s: float,
+                       warmup_s: float) -> LoadResult:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     counter = [0]
@@ -152,6 +180,13 @@ async def run_open_load(host: str, port: int, requests: Sequence[bytes], phases:
     server's latency. Each arrival takes an idle keep-alive connection or opens one (at most
     ``max_connections``; beyond, it waits for one). Latency is measured from the due time, so
     client-side waiting counts, as it does for a citizen's app."""
+    with collector_paused():
+        return await _open_loop(host, port, requests, phases, seed, max_connections, timeout_s, schedule)
+
+
+async def _open_loop(host: str, port: int, requests: Sequence[bytes], phases: Sequence[tuple[float, float]],
+                     seed: int, max_connections: int, timeout_s: float,
+                     schedule: tuple[np.ndarray, np.ndarray] | None) -> OpenLoadResult:
     due_s, phase_of = schedule if schedule is not None else poisson_schedule(phases, seed)
     due = due_s.tolist()
     n = len(due)
