@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twin.capacity.calibrate import direct_calibration, idle_cpu_rate
+from twin.capacity.calibrate import TriageWork, direct_calibration, idle_cpu_rate
 from twin.capacity.directload import RequestPools, direct_mix, endpoint_sequence
 from twin.capacity.mva import mva_closed
 
@@ -66,12 +66,13 @@ def test_direct_calibration_splits_cpu_and_overhead():
             rows.append({"endpoint": e, "latency_ms": c * rng.gamma(16, 1 / 16) + overhead_ms, "ok": 1})
     req = pd.DataFrame(rows)
     true_cpu_s = float((req["latency_ms"] - overhead_ms).sum()) / 1000
-    triaged = 400
-    server_cpu_s = true_cpu_s + 0.5 + triaged * 0.25 / 1000  # + idle + triage
-    cal, details = direct_calibration(req, server_cpu_s, idle_cpu_s=0.5, triaged=triaged)
+    triage = TriageWork(triaged=400, busy_s=400 * 0.25 / 1000, batches=300)  # as /health reports it
+    server_cpu_s = true_cpu_s + 0.5 + triage.busy_s  # + idle + triage
+    cal, details = direct_calibration(req, server_cpu_s, idle_cpu_s=0.5, triage=triage)
     assert details["overhead_ms"] == pytest.approx(overhead_ms, rel=1e-6)
     for e, c in cpu_ms.items():
         assert cal.endpoint(e).cpu_ms.mean_ms == pytest.approx(c, rel=0.05)
+    assert cal.triage_worker_ms.mean_ms == pytest.approx(0.25)
     # endpoints not measured borrow their kind's samples and are marked as estimates
     assert details["endpoint_source"]["task_claim"].startswith("estimate")
 
@@ -80,4 +81,4 @@ def test_idle_rate_and_no_cpu_is_an_error():
     assert idle_cpu_rate(0.2, 2.0) == pytest.approx(0.1)
     req = pd.DataFrame({"endpoint": ["token"] * 50, "latency_ms": [1.0] * 50, "ok": [1] * 50})
     with pytest.raises(ValueError, match="no CPU beyond idle"):
-        direct_calibration(req, server_cpu_s=0.1, idle_cpu_s=0.1, triaged=0)
+        direct_calibration(req, server_cpu_s=0.1, idle_cpu_s=0.1, triage=TriageWork(0, 0.0, 0))

@@ -11,7 +11,7 @@ import pytest
 from twin.capacity import compare as cmp
 from twin.capacity import recommend as rec
 from twin.capacity import storage_growth as sg
-from twin.capacity.calibrate import TRIAGE_MS_ESTIMATE, direct_calibration, kind_of
+from twin.capacity.calibrate import TriageWork, direct_calibration, kind_of
 from twin.platform import PlatformConfig, ServiceTime, calibration_from_latencies
 
 MIX = {"submit_measurement": 0.3, "token": 0.7}
@@ -118,7 +118,9 @@ def test_calibration_pools_rare_endpoints_by_kind():
     req = pd.DataFrame({"endpoint": ["token"] * 200 + ["submit_measurement"] * 95 + ["task_claim"] * 5,
                         "latency_ms": rng.lognormal(0.5, 0.3, n), "ok": 1})
     cpu_s = float(req["latency_ms"].sum()) / 1000 * 0.8  # a fifth of the latency is client and loopback
-    cal, details = direct_calibration(req, cpu_s + 95 * TRIAGE_MS_ESTIMATE / 1000, 0.0, 95)
+    triage = TriageWork(triaged=95, busy_s=95 * 0.4 / 1000, batches=60)  # the server measured 0.4 ms each
+    cal, details = direct_calibration(req, cpu_s + triage.busy_s, 0.0, triage)
+    assert cal.triage_worker_ms.mean_ms == pytest.approx(0.4) and details["triage_ms_per_submission"] == pytest.approx(0.4)
     assert details["overhead_ms"] == pytest.approx(0.2 * float(req["latency_ms"].mean()))
     assert details["endpoint_source"]["task_claim"].startswith("estimate: pooled writes")
     assert details["endpoint_source"]["token"].startswith("measured")

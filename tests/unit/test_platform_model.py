@@ -5,6 +5,7 @@ trace rows expand into the calls of their sequences."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,29 @@ def test_async_work_raises_latency_only_when_it_competes_for_cpu():
     assert util["cpu_cores"] == pytest.approx(0.6, rel=0.08)
 
 
+def test_batched_triage_does_every_job_once_and_holds_the_core_for_the_whole_batch():
+    arrivals = submissions(rate_per_s=220.0, duration_s=120.0)  # 0.44 + 0.44 of the core
+    cal = calibration({SUBMIT: ServiceTime.exponential(2.0)}, triage=ServiceTime.exponential(2.0))
+    # One core, many requests in flight (an event loop): triage jobs pile up while the worker waits
+    # for the core behind requests, so it finds several when it gets it.
+    loop = PlatformConfig(cores=1, workers=32, async_low_priority=False)
+    one = simulate_platform(arrivals, loop, cal, seed=4)
+    batched = simulate_platform(arrivals, replace(loop, triage_batch=10), cal, seed=4)
+    jobs = batched.async_jobs
+    assert sorted(jobs["request_id"]) == list(range(len(arrivals)))  # each submission triaged once
+    assert np.allclose(jobs["end_s"] - jobs["start_s"], jobs["service_ms"] / 1000.0)
+    # a batch runs back to back: within a batch each job starts when the one before ended
+    same = jobs["worker_s"].to_numpy()
+    chained = (same[1:] == same[:-1])
+    assert chained.any()
+    assert np.allclose(jobs["start_s"].to_numpy()[1:][chained], jobs["end_s"].to_numpy()[:-1][chained])
+    assert jobs.groupby("worker_s").size().max() <= 10
+    # The same work (0.88 of the core in all), but in batches it stalls the requests behind it longer.
+    assert np.percentile(batched.requests["latency_ms"], 95) > 1.05 * np.percentile(one.requests["latency_ms"], 95)
+    util = resource_summary(batched).set_index("resource")["utilisation"]
+    assert util["cpu_cores"] == pytest.approx(0.88, rel=0.05)
+
+
 def test_a_small_db_pool_queues_requests_for_connections():
     arrivals = submissions(rate_per_s=150.0, duration_s=120.0)
     cal = calibration({SUBMIT: ServiceTime.exponential(1.0)}, db={SUBMIT: ServiceTime.exponential(5.0)})
@@ -169,7 +193,7 @@ def test_per_service_pools_isolate_a_saturated_service():
 
 
 def test_more_workers_and_cores_shorten_waits():
-    arrivals = submissions(rate_per_s=150.0, duration_s=120.0)
+    arrivals = submissions(rate_per_s=220.0, duration_s=120.0)  # 0.44 + 0.44 of the core
     cal = calibration({SUBMIT: ServiceTime("lognormal", 6.0, 1.2)})
     latencies = [mean_latency(simulate_platform(arrivals, PlatformConfig(cores=c, workers=c), cal, seed=7))
                  for c in (1, 2, 4)]

@@ -6,8 +6,8 @@ server's event-loop CPU into a :class:`twin.platform.PlatformCalibration`:
 
 * **per endpoint** — the requests' CPU service times: latency minus a client + loopback overhead
   that is the same for every request, chosen so that the service times add up to the measured CPU
-  (idle CPU and the triage's :data:`TRIAGE_MS_ESTIMATE` per submission taken off first); kept as
-  measured percentiles;
+  (idle CPU and the triage worker's own measured time taken off first); kept as measured
+  percentiles;
 * **endpoints with fewer than** ``MIN_SAMPLES`` **samples** (rare clinician writes) get the pooled
   samples of their kind (writes or reads) and say so in the calibration's notes — an estimate;
 * **database split** — SQLite runs in-process on the event loop: its time *is* worker CPU time;
@@ -23,7 +23,7 @@ import json
 import os
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ from twin.platform.calibration import MIN_SAMPLES
 
 WRITE_ENDPOINTS = frozenset({"submit_measurement", "task_claim", "task_complete", "clinicalimpression_create",
                              "communication_create"})
-TRIAGE_CV = 1.0  # assumption: no per-job measurement, exponential-like spread
+TRIAGE_CV = 1.0  # assumption: the server measures the triage's total time, not each job's spread
 
 
 def kind_of(endpoint: str) -> str:
@@ -64,10 +64,49 @@ def event_loop_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def triaged_count(base_url: str) -> int:
-    """The server's count of triaged submissions since it started (``GET /health``)."""
+def event_loop_runqueue_s(pid: int) -> float:
+    """Seconds the server's main thread was ready to run but waited for a CPU (the kernel's
+    schedstat): time the event loop could not serve although it had work — the other core's
+    threads (the load generator, SQLite's checkpointer) taking its turn. Not in the CPU time."""
+    fields = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    return int(fields[1]) / 1e9
+
+
+def server_health(base_url: str) -> dict:
+    """The server's ``GET /health``: its counters since it started (triaged submissions, the
+    triage worker's time, garbage-collector pauses, admission)."""
     with urllib.request.urlopen(f"{base_url.rstrip('/')}/health", timeout=10) as r:
-        return int(json.loads(r.read())["triaged"])
+        return json.loads(r.read())
+
+
+def triaged_count(base_url: str) -> int:
+    """The server's count of triaged submissions since it started."""
+    return int(server_health(base_url)["triaged"])
+
+
+@dataclass(frozen=True)
+class TriageWork:
+    """The triage worker's work over a run: submissions triaged, seconds it held the event loop
+    (its own measurement, :class:`twin.server.triage_worker.TriageWorker`) and batches."""
+
+    triaged: int
+    busy_s: float
+    batches: int
+
+    @classmethod
+    def from_health(cls, health: Mapping) -> TriageWork:
+        return cls(int(health["triaged"]), float(health["triage_busy_s"]), int(health["triage_batches"]))
+
+    @classmethod
+    def read(cls, base_url: str) -> TriageWork:
+        return cls.from_health(server_health(base_url))
+
+    def __sub__(self, before: TriageWork) -> TriageWork:
+        return TriageWork(self.triaged - before.triaged, self.busy_s - before.busy_s, self.batches - before.batches)
+
+    @property
+    def ms_per_submission(self) -> float:
+        return 1000.0 * self.busy_s / self.triaged if self.triaged > 0 else 0.0
 
 
 def calibration_samples(requests: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -95,11 +134,6 @@ def calibration_samples(requests: pd.DataFrame) -> tuple[dict[str, np.ndarray], 
 
 
 # --------------------------------------------------------------------------- direct calibration
-TRIAGE_MS_ESTIMATE = 0.25
-"""CPU ms of one submission's asynchronous triage. Measured by profile, not per job: py-spy of the
-server under submission load (2026-11-26) put the triage worker at ~19 % of the event loop's samples
-at ~1.1 ms of CPU per submission, i.e. ~0.2–0.3 ms. It only splits the measured CPU between the
-requests and the triage; the total is measured."""
 MIN_CPU_MS = 0.05  # a request's CPU part is never below this (a sample shorter than the overhead is noise)
 
 
@@ -112,12 +146,12 @@ def idle_cpu_rate(cpu_s: float, wall_s: float) -> float:
     return max(cpu_s, 0.0) / wall_s
 
 
-def direct_calibration(requests: pd.DataFrame, server_cpu_s: float, idle_cpu_s: float, triaged: int, *,
+def direct_calibration(requests: pd.DataFrame, server_cpu_s: float, idle_cpu_s: float, triage: TriageWork, *,
                        server_config: Mapping[str, object] | None = None) -> tuple[PlatformCalibration, dict]:
     """The calibration from a single-client direct run (:func:`twin.capacity.directload.single_client_run`).
 
-    The server's CPU during the run, less its idle CPU, less the triage of the submissions, is the
-    CPU the requests used. A request's latency is its CPU plus a part that never queues on the
+    The server's CPU during the run, less its idle CPU, less the triage worker's measured time, is
+    the CPU the requests used; the triage's time per submission is the model's triage job. A request's latency is its CPU plus a part that never queues on the
     server's core: the client and the loopback network. That part is taken as the same for every
     request: ``overhead_ms = (Σ latency − request CPU) / requests``. Each endpoint's samples minus
     the overhead are its CPU service times; the overhead is kept in the calibration's details and
@@ -126,7 +160,7 @@ def direct_calibration(requests: pd.DataFrame, server_cpu_s: float, idle_cpu_s: 
     if len(ok) < MIN_SAMPLES:
         raise ValueError(f"calibration: only {len(ok)} successful requests; need at least {MIN_SAMPLES}")
     active_s = server_cpu_s - idle_cpu_s
-    request_cpu_s = active_s - triaged * TRIAGE_MS_ESTIMATE / 1000.0
+    request_cpu_s = active_s - triage.busy_s
     if request_cpu_s <= 0:
         raise ValueError(f"calibration: the server used no CPU beyond idle ({server_cpu_s:.3f} s, idle "
                          f"{idle_cpu_s:.3f} s) — a longer or faster run is needed")
@@ -135,16 +169,18 @@ def direct_calibration(requests: pd.DataFrame, server_cpu_s: float, idle_cpu_s: 
     shifted = ok.assign(latency_ms=np.maximum(ok["latency_ms"].to_numpy(float) - overhead_ms, MIN_CPU_MS))
     samples, source = calibration_samples(shifted)
     notes = (f"direct single-client run; server CPU {server_cpu_s:.3f} s - idle {idle_cpu_s:.3f} s - triage "
-             f"{triaged} x {TRIAGE_MS_ESTIMATE} ms (estimate) = {request_cpu_s:.3f} s for {len(ok)} requests; "
+             f"{triage.busy_s:.3f} s ({triage.triaged} submissions, measured by the server) = {request_cpu_s:.3f} s "
+             f"for {len(ok)} requests; "
              f"client + loopback overhead {overhead_ms:.3f} ms per request (subtracted); estimated endpoints: "
              + (", ".join(f"{n} ({s})" for n, s in source.items() if s.startswith("estimate")) or "none"))
     cal = calibration_from_latencies(
-        samples, database_kind="sqlite", triage_worker_ms=ServiceTime("gamma", TRIAGE_MS_ESTIMATE, TRIAGE_CV),
+        samples, database_kind="sqlite", triage_worker_ms=ServiceTime("gamma", triage.ms_per_submission, TRIAGE_CV),
         audit_write_ms=ServiceTime("gamma", 0.0, 0.0), family="empirical",
         server_config=dict(server_config or {"workers": 1, "server": "uvicorn", "database": "sqlite"}), notes=notes)
     details = {"requests": int(len(requests)), "ok": int(len(ok)), "server_cpu_s": server_cpu_s,
-               "idle_cpu_s": idle_cpu_s, "request_cpu_s": request_cpu_s, "triaged": triaged,
-               "triage_ms_estimate": TRIAGE_MS_ESTIMATE, "overhead_ms": overhead_ms,
+               "idle_cpu_s": idle_cpu_s, "request_cpu_s": request_cpu_s, "triaged": triage.triaged,
+               "triage_ms_per_submission": triage.ms_per_submission, "triage_batches": triage.batches,
+               "overhead_ms": overhead_ms,
                "cpu_ms_per_request": 1000.0 * request_cpu_s / len(ok), "endpoint_source": source,
                "mean_service_ms": {n: e.mean_service_ms for n, e in cal.endpoints.items()}}
     return cal, details
@@ -162,8 +198,8 @@ def scale_calibration(cal: PlatformCalibration, factor: float, note: str) -> Pla
 
 def fit_open_demand(runs: Sequence[Mapping[str, float]]) -> dict:
     """Operational analysis of open-model runs: the event loop's CPU in a run of ``wall_s`` seconds
-    with ``requests`` requests and ``triaged`` submissions is ``F * wall_s + D * requests +
-    triaged * TRIAGE_MS_ESTIMATE`` — a cost ``F`` per second of serving traffic (event-loop wake-ups,
+    with ``requests`` requests whose triage took ``triage_s`` (measured by the server) is
+    ``F * wall_s + D * requests + triage_s`` — a cost ``F`` per second of serving traffic (event-loop wake-ups,
     timers, commits of batches of one) plus ``D`` per request. Least squares over the runs (at
     least two, at different rates). Under open (Poisson) arrivals the loop idles between requests
     and pays ``F``; a closed loop never idles, which is why the single-client baseline is cheaper
@@ -171,7 +207,7 @@ def fit_open_demand(runs: Sequence[Mapping[str, float]]) -> dict:
     if len(runs) < 2:
         raise ValueError("fit_open_demand: needs at least two runs at different rates")
     a = np.array([[r["wall_s"], r["requests"] / 1000.0] for r in runs], dtype=float)  # D in ms
-    y = np.array([r["cpu_s"] - r["triaged"] * TRIAGE_MS_ESTIMATE / 1000.0 for r in runs], dtype=float)
+    y = np.array([r["cpu_s"] - r["triage_s"] for r in runs], dtype=float)
     (f, d_ms), *_ = np.linalg.lstsq(a, y, rcond=None)
     if d_ms <= 0:
         raise ValueError(f"fit_open_demand: the runs give no positive per-request CPU (D = {d_ms:.3f} ms)")

@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import threading
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -182,7 +184,9 @@ def open_run(pools: RequestPools, mix: Mapping[str, float], rate_per_s: float, d
     (from sent), ``status``, ``ok``."""
     due, phase = poisson_schedule([(duration_s, rate_per_s)], seed)
     endpoints = endpoint_sequence(mix, len(due), seed + 1)
+    waited_before = client_runqueue_s()
     res = asyncio.run(run_open_load(pools.host, pools.port, pools.sequence(endpoints), schedule=(due, phase)))
+    waited_s = client_runqueue_s() - waited_before
     # What the server saw: when each request was written, and its time from then to the answer.
     # The client's lateness (a busy client, or waiting for a connection) is kept apart as lag_ms,
     # so a slow generator does not pass for a slow server.
@@ -191,7 +195,18 @@ def open_run(pools: RequestPools, mix: Mapping[str, float], rate_per_s: float, d
     out = out[np.isfinite(out["start_s"])].sort_values("start_s", kind="stable").reset_index(drop=True)
     out["end_s"] = out["start_s"] + out["latency_ms"] / 1000.0
     out["ok"] = ((out["status"] >= 200) & (out["status"] < 300)).astype(int)
+    out.attrs["client_runqueue_s"] = waited_s
     return out
+
+
+def client_runqueue_s() -> float:
+    """Seconds this thread (the load generator's loop) was ready to run but waited for a CPU
+    (the kernel's schedstat; 0 where there is none). Answers that arrive meanwhile are timestamped
+    late: a busy machine, not a slow server — the pipeline reports it beside each run."""
+    try:
+        return int(Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def single_client_run(pools: RequestPools, mix: Mapping[str, float], duration_s: float, seed: int,

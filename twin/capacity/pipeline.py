@@ -68,6 +68,8 @@ from twin.platform import (
     simulate_platform,
 )
 from twin.scenario import load_scenario
+from twin.server.settings import Settings
+from twin.server.triage_worker import BATCH as TRIAGE_BATCH
 
 IDLE_S = 2.0  # the server's idle CPU is measured over this long before the calibration run
 LEVEL_SHARES = (0.2, 0.5, 0.8)  # of the open-model capacity (issue 4: judge up to 80 %)
@@ -83,11 +85,14 @@ SERVER = {"workers": 1, "server": "uvicorn (one event loop)", "database": "sqlit
 
 
 def server_config() -> PlatformConfig:
-    """The server under test in the model's terms: one event loop → one core, one worker. The
-    client + loopback overhead of each request is not in the model's service times (it never
-    queues on the server's core); it is added to the model's latencies where they are compared."""
-    return PlatformConfig(cores=1, workers=1, db_connections=10_000, db_on_app_cores=False, triage_workers=1,
-                          audit_workers=1, async_low_priority=False)
+    """The server under test in the model's terms: one event loop → one core, on which the admitted
+    requests (load shedding admits ``max_inflight`` at once: the model's workers) and the triage
+    worker's batches (up to ``triage_worker.BATCH`` submissions in one transaction) take turns,
+    first come first served. The client + loopback overhead of each request is not in the model's
+    service times (it never queues on the server's core); it is added to the model's latencies
+    where they are compared."""
+    return PlatformConfig(cores=1, workers=Settings.max_inflight, db_connections=10_000, db_on_app_cores=False,
+                          triage_workers=1, audit_workers=1, async_low_priority=False, triage_batch=TRIAGE_BATCH)
 
 
 @dataclass
@@ -136,16 +141,39 @@ def _wait_triage_idle(base_url: str, limit_s: float = 30.0) -> int:
     return last
 
 
-def predict_on(requests: pd.DataFrame, cal, cfg: PlatformConfig, overhead_ms: float, seed: int) -> pd.DataFrame:
-    """The platform model on exactly the arrivals of a measured run (``start_s``, ``endpoint``),
-    per endpoint as :func:`compare.predicted_by_endpoint`, with the client overhead added back."""
+def _gc_during(before: dict, after: dict) -> dict:
+    """The server's garbage-collector passes and pauses between two ``/health`` readings."""
+    return {"server_gc_collections": [a - b for a, b in zip(after["collections"], before["collections"], strict=True)],
+            "server_gc_pause_ms": round(sum(after["pause_ms"]) - sum(before["pause_ms"]), 3),
+            "server_gc_longest_ms_so_far": max(after["longest_ms"])}
+
+
+def model_on(requests: pd.DataFrame, cal, cfg: PlatformConfig, seed: int):
+    """The platform model's run on exactly the arrivals of a measured run (``start_s``, ``endpoint``)."""
     t0 = float(requests["start_s"].min())
     arrivals = pd.DataFrame({"time_s": requests["start_s"].to_numpy(float) - t0,
                              "endpoint": requests["endpoint"].astype(str).to_numpy()})
     arrivals = arrivals.sort_values("time_s", kind="stable").reset_index(drop=True)
-    pr = simulate_platform(arrivals, cfg, cal, seed)
+    return simulate_platform(arrivals, cfg, cal, seed)
+
+
+def predict_on(requests: pd.DataFrame, cal, cfg: PlatformConfig, overhead_ms: float, seed: int) -> pd.DataFrame:
+    """The platform model on exactly the arrivals of a measured run, per endpoint as
+    :func:`compare.predicted_by_endpoint`, with the client overhead added back."""
+    pr = model_on(requests, cal, cfg, seed)
     pr.requests["latency_ms"] = pr.requests["latency_ms"] + overhead_ms
     return cmp.predicted_by_endpoint(pr)
+
+
+def open_overhead_ms(lowest: pd.DataFrame, cal, cfg: PlatformConfig, seed: int, floor_ms: float) -> float:
+    """The part of an open arrival's latency that never queues on the server's core: mean measured
+    latency at the lowest open load less the model's mean there. Back-to-back requests keep client
+    and server awake; a Poisson arrival finds both asleep in ``epoll`` and pays their wake-ups (on
+    this VM a bare Starlette endpoint's median went from 0.24 ms single-client to 0.47-0.66 ms
+    under Poisson load). Never below the single client's overhead ``floor_ms``."""
+    ok = lowest[lowest["ok"] == 1]
+    modelled = float(model_on(ok, cal, cfg, seed).requests["latency_ms"].mean())
+    return max(float(ok["latency_ms"].mean()) - modelled, floor_ms)
 
 
 def run_capacity(run: CapacityRun) -> dict:
@@ -214,12 +242,13 @@ def run_capacity(run: CapacityRun) -> dict:
             idle_rate = cb.idle_cpu_rate(cb.event_loop_cpu_s(pid) - c0, time.monotonic() - t0)
             # 1. calibration: a low-rate direct run
             cal_s = SHARES["calibration"] * budget
-            c0, n0, t0 = cb.event_loop_cpu_s(pid), cb.triaged_count(server.base_url), time.monotonic()
+            c0, w0, t0 = cb.event_loop_cpu_s(pid), cb.TriageWork.read(server.base_url), time.monotonic()
             cal_req = dl.single_client_run(pools, cal_mix, cal_s, run.seed)
-            triaged = _wait_triage_idle(server.base_url) - n0
+            _wait_triage_idle(server.base_url)
+            triage = cb.TriageWork.read(server.base_url) - w0
             wall = time.monotonic() - t0
             cpu = cb.event_loop_cpu_s(pid) - c0
-            cal, details = cb.direct_calibration(cal_req, cpu, idle_rate * wall, triaged, server_config=SERVER)
+            cal, details = cb.direct_calibration(cal_req, cpu, idle_rate * wall, triage, server_config=SERVER)
             overhead_ms = details["overhead_ms"]
             save_calibration(cal, out / "calibration.json")
             cal_req.to_csv(out / "runs" / "calibration.csv", index=False)
@@ -227,7 +256,7 @@ def run_capacity(run: CapacityRun) -> dict:
                            utilisation_during_calibration=details["request_cpu_s"] / wall)
             (out / "calibration_details.json").write_text(json.dumps(details, indent=2, default=str), encoding="utf-8")
             summary["calibration"] = {k: details[k] for k in ("requests", "overhead_ms", "cpu_ms_per_request",
-                                                               "idle_cpu_s", "triage_ms_estimate", "clients",
+                                                               "idle_cpu_s", "triage_ms_per_submission", "clients",
                                                                "utilisation_during_calibration")}
             _say(run, f"capacity {name}: calibration: {len(cal_req)} requests, CPU {details['cpu_ms_per_request']:.2f} "
                       f"ms per request, overhead {overhead_ms:.2f} ms")
@@ -241,13 +270,18 @@ def run_capacity(run: CapacityRun) -> dict:
             single_rate_per_s = len(cal_req) / cal_s
             open_cal_runs = []
             for k, share in enumerate(OPEN_CALIBRATION_SHARES):
-                c0, n0, t0 = cb.event_loop_cpu_s(pid), cb.triaged_count(server.base_url), time.monotonic()
+                c0, w0, t0 = cb.event_loop_cpu_s(pid), cb.TriageWork.read(server.base_url), time.monotonic()
+                q0 = cb.event_loop_runqueue_s(pid)
                 req = dl.open_run(pools, mix, share * single_rate_per_s, SHARES["open_calibration"] * budget,
                                   run.seed + 50 + k)
-                triaged_k = _wait_triage_idle(server.base_url) - n0
+                _wait_triage_idle(server.base_url)
+                triage_k = cb.TriageWork.read(server.base_url) - w0
                 open_cal_runs.append({"rate_per_s": share * single_rate_per_s, "wall_s": time.monotonic() - t0,
                                       "requests": len(req), "cpu_s": cb.event_loop_cpu_s(pid) - c0,
-                                      "triaged": triaged_k})
+                                      "triaged": triage_k.triaged, "triage_s": triage_k.busy_s,
+                                      "runqueue_s": cb.event_loop_runqueue_s(pid) - q0})
+                if k == 0:
+                    lowest_triage = triage_k
                 if k == 0:
                     lowest = req  # the lowest open load: its latencies are service times with the stalls in them
             open_fit = cb.fit_open_demand(open_cal_runs)
@@ -255,7 +289,7 @@ def run_capacity(run: CapacityRun) -> dict:
             # request at a time never meets a group commit, a triage batch or a checkpoint in progress,
             # Poisson arrivals do — and at higher loads the queue multiplies those stalls. Their mean is
             # then set to the operational analysis' cost per request, stretched by the loop's share F.
-            shape, _ = cb.direct_calibration(lowest, open_cal_runs[0]["cpu_s"], 0.0, open_cal_runs[0]["triaged"],
+            shape, _ = cb.direct_calibration(lowest, open_cal_runs[0]["cpu_s"], 0.0, lowest_triage,
                                              server_config=SERVER)
             shape_ms = sum(share * shape.endpoint(e).cpu_ms.mean_ms for e, share in mix.items())
             factor = open_fit["per_request_ms"] / shape_ms / (1.0 - open_fit["fixed_share"])
@@ -264,6 +298,8 @@ def run_capacity(run: CapacityRun) -> dict:
                                             f"{100 * open_fit['fixed_share']:.1f} % of the loop per second")
             save_calibration(open_cal, out / "calibration_open.json")
             open_capacity_per_s = open_fit["capacity_per_s"]
+            open_overhead = open_overhead_ms(lowest, open_cal, model_cfg, run.seed, overhead_ms)
+            open_fit["overhead_ms"] = open_overhead
             summary["open_model"] = {**open_fit, "runs": open_cal_runs, "cpu_factor": factor}
             _say(run, f"capacity {name}: open-model capacity {open_capacity_per_s:.0f} req/s "
                       f"(F {100 * open_fit['fixed_share']:.1f} %, D {open_fit['per_request_ms']:.3f} ms)")
@@ -272,17 +308,25 @@ def run_capacity(run: CapacityRun) -> dict:
             measured, predicted, runs = [], [], []
             for k, share in enumerate(LEVEL_SHARES):
                 label = f"open-{round(share * 100)}pct"
-                c0, t0 = cb.event_loop_cpu_s(pid), time.monotonic()
+                c0, t0, h0 = cb.event_loop_cpu_s(pid), time.monotonic(), cb.server_health(server.base_url)
+                q0 = cb.event_loop_runqueue_s(pid)
                 req = dl.open_run(pools, mix, share * open_capacity_per_s, level_s, run.seed + 100 + k)
                 _wait_triage_idle(server.base_url)
                 level_cpu_s = cb.event_loop_cpu_s(pid) - c0
+                level_runqueue_s = cb.event_loop_runqueue_s(pid) - q0
+                h1 = cb.server_health(server.base_url)
                 req.to_csv(out / "runs" / f"{label}.csv", index=False)
                 measured.append(cmp.measured_by_endpoint(req, 0.0, level_s).assign(level=label))
-                predicted.append(predict_on(req, open_cal, model_cfg, overhead_ms, run.seed).assign(level=label))
+                predicted.append(predict_on(req, open_cal, model_cfg, open_overhead, run.seed).assign(level=label))
                 runs.append({"label": label, "share": share, "requests": int(len(req)),
                              "failed": int((req["ok"] == 0).sum()),
                              "event_loop_cpu_ms_per_request": 1000 * level_cpu_s / max(len(req), 1),
                              "event_loop_utilisation": level_cpu_s / level_s,
+                             "event_loop_runqueue_ms_per_request": 1000 * level_runqueue_s / max(len(req), 1),
+                             "client_runqueue_ms_per_request": 1000 * req.attrs["client_runqueue_s"] / max(len(req), 1),
+                             "triage_ms_per_submission": (cb.TriageWork.from_health(h1) - cb.TriageWork.from_health(h0))
+                             .ms_per_submission,
+                             **_gc_during(h0["gc"], h1["gc"]),
                              "client_lag_p95_ms": float(np.nanpercentile(req["lag_ms"], 95)) if len(req) else None})
             # 5. overload: twice the open-model capacity, then half of it — the service must shed the excess
             #    (503 + Retry-After) with a bounded p95 for what it admits, and recover by itself
@@ -318,7 +362,7 @@ def run_capacity(run: CapacityRun) -> dict:
             if len(replay_req):
                 known = replay_req[replay_req["endpoint"].isin(list(ENDPOINTS))]
                 measured.append(cmp.measured_by_endpoint(known).assign(level="locust-replay"))
-                predicted.append(predict_on(known, open_cal, model_cfg, overhead_ms, run.seed)
+                predicted.append(predict_on(known, open_cal, model_cfg, open_overhead, run.seed)
                                  .assign(level="locust-replay"))
             runs.append({"label": "locust-replay", "speedup": sp, "requests": int(len(replay_req)),
                          "failed": int((replay_req["ok"] == 0).sum()) if len(replay_req) else 0,

@@ -16,6 +16,14 @@ These are the knobs an architect turns ("2 workers on 4 cores, a pool of 16 conn
 * ``triage_workers`` / ``audit_workers`` — concurrent asynchronous jobs after a submission. They
   need a core too, so they steal capacity from requests without being in their latency;
   ``async_low_priority`` lets requests go first when both wait for a core (non-preemptive).
+* ``loop_phases`` — how many times a request's CPU work rejoins the back of the core's queue. A
+  thread-per-request server runs a request in one go (1). An event loop does not: a request
+  parses, runs its handler to the database commit, waits while the commit is queued behind the
+  other ready callbacks, then resumes to send its answer — each step queues anew behind whatever
+  became ready meanwhile, so requests interleave, as under processor sharing.
+* ``triage_batch`` — submissions a triage worker takes in one go (our server: up to 10 per
+  transaction). A batch holds its core for all of them: requests arriving meanwhile wait behind
+  the whole batch — one of the stalls that set the p95 of everything else.
 """
 
 from __future__ import annotations
@@ -45,9 +53,12 @@ class PlatformConfig:
     triage_workers: int = 1
     audit_workers: int = 1
     async_low_priority: bool = True
+    triage_batch: int = 1
+    loop_phases: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("cores", "workers", "db_connections", "triage_workers", "audit_workers"):
+        for name in ("cores", "workers", "db_connections", "triage_workers", "audit_workers", "triage_batch",
+                     "loop_phases"):
             _count(name, getattr(self, name))
         if self.workers_per_service is not None:
             unknown = sorted(set(self.workers_per_service) - set(SERVICES))

@@ -3,13 +3,16 @@
 Each request of an open-model arrival stream (:mod:`twin.platform.arrivals`) goes through:
 
 1. **worker** — wait for a free worker of its pool (one shared pool, or its FUT service's pool);
-2. **core** — wait for a CPU core, then hold it (and the worker) for its CPU service time;
+2. **core** — wait for a CPU core, then hold it (and the worker) for its CPU service time — in
+   ``loop_phases`` equal steps, each queueing for the core anew (an event loop's ready queue);
 3. **database** — release worker and core (the worker *awaits* the query asynchronously and may
    serve someone else meanwhile), wait for a pooled connection and hold it for its DB time (also
    holding a core if the database runs on the same host);
 4. answer. A ``submit_measurement`` then queues two asynchronous jobs, triage and audit, each
    waiting for its own worker pool and a core. They steal CPU from requests but are not part of
    any request's latency; with ``async_low_priority`` a request waiting for a core goes first.
+   With ``triage_batch`` > 1 each triage worker takes up to that many waiting submissions at once
+   and holds a core for all of them, as the server's triage worker does in one transaction.
 
 Queues are first-come-first-served. Real cores are time-shared by the OS, not FCFS: for
 exponential service both give the same mean response time, and requests here are short bursts,
@@ -131,6 +134,7 @@ def simulate_platform(
     async_pools = {"triage": simpy.Resource(env, config.triage_workers),
                    "audit": simpy.Resource(env, config.audit_workers)}
     db_on_cores = config.db_on_app_cores
+    phases = config.loop_phases
 
     # Python lists, not numpy arrays: element stores from the processes are ~3x cheaper.
     nan = float("nan")
@@ -156,6 +160,40 @@ def simulate_platform(
         async_pools[kind].release(slot)
         async_rows.append((kind, request_id, ready, got_worker, start, env.now, service_ms))
 
+    triage_queue: list[tuple[int, float, float]] = []  # (request id, ready at, service ms) awaiting a batch
+    triage_idle: list[simpy.Event] = []  # batching triage workers waiting for work
+
+    def triage_worker():
+        """One batching triage worker: take up to ``triage_batch`` waiting jobs, run them back to back
+        on one core (the server's one transaction), repeat; sleep when there is nothing to do."""
+        while True:
+            if not triage_queue:
+                wake = env.event()
+                triage_idle.append(wake)
+                yield wake
+                continue
+            got_worker = env.now
+            core = core_request(ASYNC_PRIORITY)
+            yield core
+            # the batch is what waits when the worker gets the core (the server reads the outbox then)
+            batch = triage_queue[:config.triage_batch]
+            del triage_queue[:config.triage_batch]
+            for request_id, ready, service_ms in batch:
+                start = env.now
+                yield env.timeout(service_ms)
+                async_rows.append(("triage", request_id, ready, got_worker, start, env.now, service_ms))
+            cores.release(core)
+
+    batched_triage = config.triage_batch > 1
+    if batched_triage:
+        for _ in range(config.triage_workers):
+            env.process(triage_worker())
+
+    def queue_triage(request_id: int, service_ms: float) -> None:
+        triage_queue.append((request_id, env.now, service_ms))
+        if triage_idle:
+            triage_idle.pop().succeed()
+
     def request(i: int):
         pool = pools[pool_l[i]]
         worker = pool.request()
@@ -164,7 +202,16 @@ def simulate_platform(
         core = core_request(REQUEST_PRIORITY)
         yield core
         t_core[i] = env.now
-        yield env.timeout(cpu_l[i])
+        if phases == 1:
+            yield env.timeout(cpu_l[i])
+        else:
+            step = cpu_l[i] / phases
+            yield env.timeout(step)
+            for _ in range(phases - 1):  # back to the end of the ready queue, then the next step
+                cores.release(core)
+                core = core_request(REQUEST_PRIORITY)
+                yield core
+                yield env.timeout(step)
         cores.release(core)
         pool.release(worker)
         t_cpu_end[i] = env.now
@@ -186,7 +233,10 @@ def simulate_platform(
         if submit_l[i]:
             j = submit_index[i]
             for kind, times in async_jobs:
-                env.process(async_job(kind, i, times[j]))
+                if kind == "triage" and batched_triage:
+                    queue_triage(i, times[j])
+                else:
+                    env.process(async_job(kind, i, times[j]))
 
     def arrive():
         at = arrival_ms.tolist()

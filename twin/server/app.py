@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from twin.server import (
     auth,
+    gc_pauses,
     openapi,
     routes_audit,
     routes_auth,
@@ -81,6 +82,8 @@ def create_app(settings: Settings) -> Starlette:
         await service.storage.open()
         await service.storage.migrate()
         service.triage.start()
+        gc_pauses.RECORDER.install()
+        gc_pauses.prepare_for_serving()  # full collections then skip everything start-up made
         yield
         await service.triage.stop()
         await service.storage.close()
@@ -90,6 +93,8 @@ def create_app(settings: Settings) -> Starlette:
             await tx.fetch("SELECT 1")
         return JSONResponse({"status": "ok", "database": settings.database.split("://")[0],
                              "triaged": service.triage.triaged, "triage_failed": service.triage.failed,
+                             "triage_busy_s": round(service.triage.busy_s, 6), "triage_batches": service.triage.batches,
+                             "gc": gc_pauses.RECORDER.stats(),
                              "admission": service.admission.stats() if service.admission else None})
 
     async def metadata(request: Request) -> Response:
