@@ -126,3 +126,35 @@ def test_calibration_pools_rare_endpoints_by_kind():
     assert details["endpoint_source"]["token"].startswith("measured")
     assert kind_of("task_claim") == "write" and kind_of("token") == "read"
     assert set(cal.endpoints) >= {"token", "submit_measurement", "communication_create"}
+
+
+def test_fit_open_demand_recovers_the_cost_per_request_and_per_wake_up():
+    from twin.capacity.calibrate import fit_open_demand
+
+    d_ms, w_ms, idle = 0.9, 0.6, 0.05  # per request, per request finding the loop asleep, timers' share
+
+    def run(rate_per_s: float, wall_s: float = 6.0) -> dict:
+        n = rate_per_s * wall_s
+        # the loop is busy with timers, triage (0.02 ms a request) and requests; the utilisation solves
+        # U = idle + triage + rate (D + (1 - U) W): requests finding the loop busy skip W
+        triage = rate_per_s * 0.02 / 1000
+        u = (idle + triage + rate_per_s * (d_ms + w_ms) / 1000) / (1 + rate_per_s * w_ms / 1000)
+        return {"wall_s": wall_s, "requests": n, "cpu_s": u * wall_s, "triage_s": triage * wall_s}
+
+    fit = fit_open_demand([run(50), run(200), run(400)], idle)
+    assert fit["per_request_ms"] == pytest.approx(d_ms, rel=1e-6) and fit["wake_ms"] == pytest.approx(w_ms, rel=1e-6)
+    assert fit["capacity_per_s"] == pytest.approx((1 - idle) / d_ms * 1000)
+    # a cost that does not fall with the load: no wake-up term, one mean
+    flat = [{"wall_s": 6.0, "requests": r * 6.0, "cpu_s": 6.0 * (idle + r * 1.2 / 1000), "triage_s": 0.0}
+            for r in (50, 200, 400)]
+    fit = fit_open_demand(flat, idle)
+    assert fit["wake_ms"] == pytest.approx(0.0, abs=1e-9) and fit["per_request_ms"] == pytest.approx(1.2)
+    with pytest.raises(ValueError, match="at least two"):
+        fit_open_demand(flat[:1], idle)
+    # one slow low-load run (a busy neighbour) tilts the line below 60 % of the busiest run's cost:
+    # not believed, the busiest run's cost is taken
+    noisy = [run(50), run(400)]
+    noisy[0] = {**noisy[0], "cpu_s": noisy[0]["cpu_s"] * 3}
+    fit = fit_open_demand(noisy, idle)
+    busiest = (noisy[1]["cpu_s"] - idle * 6.0 - noisy[1]["triage_s"]) * 1000 / noisy[1]["requests"]
+    assert fit["wake_ms"] == 0.0 and fit["per_request_ms"] == pytest.approx(busiest)

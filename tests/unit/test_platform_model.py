@@ -381,3 +381,16 @@ def test_sessions_opened_during_an_outage_log_in_when_they_upload():
     # the session opened before the outage logs in at its start; the one opened offline at its upload
     assert token_at_h == pytest.approx([1.0, 8 + 5 / 60])
     assert len(arrivals_from_trace(sessions, actions, start, t + pd.Timedelta(hours=8))) == len(arr)
+
+
+def test_a_request_finding_the_core_idle_pays_the_wake_up():
+    cal = replace(calibration({SUBMIT: ServiceTime.fixed(1.0)}), wake_ms=0.5)
+    sparse = pd.DataFrame({"time_s": np.arange(100) * 0.5, "endpoint": SUBMIT})  # never two in the system
+    run = simulate_platform(sparse, PlatformConfig(cores=1, workers=1), cal, seed=1)
+    assert np.allclose(run.requests["latency_ms"], 1.5)
+    # at 80 % load most arrivals find the core busy and skip it: the mean cost per request falls
+    busy = arrivals_at_rate(700.0, {SUBMIT: 1.0}, 60.0, seed=8)
+    run = simulate_platform(busy, PlatformConfig(cores=1, workers=32), cal, seed=1)
+    util = resource_summary(run).set_index("resource")["utilisation"]["cpu_cores"]
+    per_request_ms = util * 60_000.0 / len(busy)
+    assert 1.05 < per_request_ms < 1.3

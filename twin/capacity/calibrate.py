@@ -196,20 +196,41 @@ def scale_calibration(cal: PlatformCalibration, factor: float, note: str) -> Pla
     return replace(cal, endpoints=endpoints, metadata=meta)
 
 
-def fit_open_demand(runs: Sequence[Mapping[str, float]]) -> dict:
-    """Operational analysis of open-model runs: the event loop's CPU in a run of ``wall_s`` seconds
-    with ``requests`` requests whose triage took ``triage_s`` (measured by the server) is
-    ``F * wall_s + D * requests + triage_s`` — a cost ``F`` per second of serving traffic (event-loop wake-ups,
-    timers, commits of batches of one) plus ``D`` per request. Least squares over the runs (at
-    least two, at different rates). Under open (Poisson) arrivals the loop idles between requests
-    and pays ``F``; a closed loop never idles, which is why the single-client baseline is cheaper
-    per request. Returns F (share of the core), D (ms) and the open-model capacity (1 − F) / D."""
+MIN_EXTRAPOLATED_SHARE = 0.6
+"""fit_open_demand's guard: the cost per request at saturation (D) is believed only down to this share
+of the cost measured at the busiest calibration run; a steeper line is taken for noise."""
+
+
+def fit_open_demand(runs: Sequence[Mapping[str, float]], idle_cpu_per_s: float) -> dict:
+    """Operational analysis of open-model (Poisson) runs: what a request costs the event loop.
+
+    In a run of ``wall_s`` seconds the loop's CPU is ``cpu_s`` = the timers it runs anyway
+    (``idle_cpu_per_s``, measured at rest) + the triage (``triage_s``, measured by the server) +
+    ``D`` per request + ``W`` per request that finds the loop idle. ``W`` is the wake-up: a server
+    asleep in ``epoll`` between Poisson arrivals (and the virtual CPU under it) starts cold, so a
+    request costs more at low load than at high load, where it mostly finds the loop busy — the
+    measured CPU per request falls as the load rises. By PASTA a Poisson arrival finds the loop idle
+    with the probability ``1 − U``, ``U = cpu_s / wall_s`` its measured utilisation. A straight
+    line through the runs' CPU per request, ``(cpu_s − idle − triage) / n = D + W·(1 − U)``, each
+    run weighing the same (least squares; at least two runs at different rates; ``W`` ≥ 0).
+    Returns D and W (ms), the timers' share F of the core, and the open-model capacity (1 − F) / D
+    (at saturation the loop is never idle)."""
     if len(runs) < 2:
         raise ValueError("fit_open_demand: needs at least two runs at different rates")
-    a = np.array([[r["wall_s"], r["requests"] / 1000.0] for r in runs], dtype=float)  # D in ms
-    y = np.array([r["cpu_s"] - r["triage_s"] for r in runs], dtype=float)
-    (f, d_ms), *_ = np.linalg.lstsq(a, y, rcond=None)
+    n = np.array([r["requests"] for r in runs], dtype=float)
+    busy = np.array([min(r["cpu_s"] / r["wall_s"], 1.0) for r in runs], dtype=float)
+    per_request_ms = np.array([r["cpu_s"] - idle_cpu_per_s * r["wall_s"] - r["triage_s"] for r in runs],
+                              dtype=float) * 1000.0 / n
+    (d_ms, w_ms), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(n), 1.0 - busy]), per_request_ms, rcond=None)
+    busiest = int(np.argmax(busy))
+    if w_ms < 0:  # no measurable wake-up cost: one parameter, the mean
+        w_ms, d_ms = 0.0, float(per_request_ms.mean())
+    elif d_ms < MIN_EXTRAPOLATED_SHARE * per_request_ms[busiest]:
+        # The line extrapolates too steeply to be believed (a noisy low-load run: on a shared
+        # machine one slow run tilts it): no wake-up term, the cost at the busiest run.
+        w_ms, d_ms = 0.0, float(per_request_ms[busiest])
     if d_ms <= 0:
         raise ValueError(f"fit_open_demand: the runs give no positive per-request CPU (D = {d_ms:.3f} ms)")
-    f = float(min(max(f, 0.0), 0.9))
-    return {"fixed_share": f, "per_request_ms": float(d_ms), "capacity_per_s": (1.0 - f) / float(d_ms) * 1000.0}
+    f = float(min(max(idle_cpu_per_s, 0.0), 0.9))
+    return {"fixed_share": f, "per_request_ms": float(d_ms), "wake_ms": float(w_ms),
+            "capacity_per_s": (1.0 - f) / float(d_ms) * 1000.0}

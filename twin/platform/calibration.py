@@ -90,6 +90,10 @@ class PlatformCalibration:
     audit_write_ms: ServiceTime
     metadata: CalibrationMetadata
     format_version: int = field(default=FORMAT_VERSION)
+    # Extra CPU ms of a request that finds its core idle: the server (and the virtual CPU under it)
+    # wakes from sleep with cold caches. Measured as the part of the CPU per request that falls as
+    # the load rises (twin.capacity.calibrate.fit_open_demand); 0 = no such cost.
+    wake_ms: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.endpoints) - set(ENDPOINTS))
@@ -98,6 +102,8 @@ class PlatformCalibration:
                              f"known: {', '.join(ENDPOINTS)}")
         if not self.endpoints:
             raise ValueError("calibration: no endpoints calibrated")
+        if not (isinstance(self.wake_ms, int | float) and 0.0 <= self.wake_ms < 1000.0):
+            raise ValueError(f"calibration: wake_ms must be a number of ms in [0, 1000), got {self.wake_ms!r}")
 
     def endpoint(self, name: str) -> EndpointCalibration:
         try:
@@ -211,6 +217,7 @@ def calibration_to_dict(calibration: PlatformCalibration) -> dict:
                       for name, e in calibration.endpoints.items()},
         "triage_worker_ms": calibration.triage_worker_ms.to_dict(),
         "audit_write_ms": calibration.audit_write_ms.to_dict(),
+        "wake_ms": calibration.wake_ms,
     }
 
 
@@ -228,7 +235,8 @@ def _fields(data: object, where: str, required: tuple[str, ...], optional: tuple
 
 
 def calibration_from_dict(data: dict, where: str = "calibration") -> PlatformCalibration:
-    top = _fields(data, where, ("format_version", "metadata", "endpoints", "triage_worker_ms", "audit_write_ms"))
+    top = _fields(data, where, ("format_version", "metadata", "endpoints", "triage_worker_ms", "audit_write_ms"),
+                  ("wake_ms",))
     if top["format_version"] != FORMAT_VERSION:
         raise ValueError(f"{where}.format_version: {top['format_version']!r}, this code reads {FORMAT_VERSION}")
     meta = _fields(top["metadata"], f"{where}.metadata",
@@ -256,7 +264,7 @@ def calibration_from_dict(data: dict, where: str = "calibration") -> PlatformCal
         endpoints=endpoints,
         triage_worker_ms=ServiceTime.from_dict(top["triage_worker_ms"], f"{where}.triage_worker_ms"),
         audit_write_ms=ServiceTime.from_dict(top["audit_write_ms"], f"{where}.audit_write_ms"),
-        metadata=metadata)
+        metadata=metadata, wake_ms=float(top.get("wake_ms", 0.0)))
 
 
 def save_calibration(calibration: PlatformCalibration, path: str | Path) -> Path:

@@ -3,7 +3,8 @@
 Each request of an open-model arrival stream (:mod:`twin.platform.arrivals`) goes through:
 
 1. **worker** — wait for a free worker of its pool (one shared pool, or its FUT service's pool);
-2. **core** — wait for a CPU core, then hold it (and the worker) for its CPU service time — in
+2. **core** — wait for a CPU core, then hold it (and the worker) for its CPU service time (plus
+   the calibration's ``wake_ms`` if the request found a core idle: a server waking from sleep) — in
    ``loop_phases`` equal steps, each queueing for the core anew (an event loop's ready queue);
 3. **database** — release worker and core (the worker *awaits* the query asynchronously and may
    serve someone else meanwhile), wait for a pooled connection and hold it for its DB time (also
@@ -194,7 +195,12 @@ def simulate_platform(
         if triage_idle:
             triage_idle.pop().succeed()
 
+    wake_ms = calibration.wake_ms
+
     def request(i: int):
+        cpu = cpu_l[i]
+        if wake_ms and cores.count < cores.capacity and not cores.queue:
+            cpu += wake_ms  # an idle core: the server was asleep
         pool = pools[pool_l[i]]
         worker = pool.request()
         yield worker
@@ -203,9 +209,9 @@ def simulate_platform(
         yield core
         t_core[i] = env.now
         if phases == 1:
-            yield env.timeout(cpu_l[i])
+            yield env.timeout(cpu)
         else:
-            step = cpu_l[i] / phases
+            step = cpu / phases
             yield env.timeout(step)
             for _ in range(phases - 1):  # back to the end of the ready queue, then the next step
                 cores.release(core)
