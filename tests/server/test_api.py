@@ -65,7 +65,15 @@ def citizen(server):
 
 def test_health_and_metadata(server):
     with server.client() as c:
-        assert c.get("/health").json()["status"] == "ok"
+        health = c.get("/health").json()
+        assert health["status"] == "ok"
+        # the counters operators and the capacity pipeline read: triage cost, GC pauses, SQLite commits
+        assert health["triage_busy_s"] >= 0 and health["triage_batches"] >= 0
+        assert len(health["gc"]["collections"]) == 3 and health["gc"]["frozen_objects"] > 0
+        if health["database"] == "sqlite":
+            assert health["sqlite_commits"]["commits"] > 0  # its start-up and logins wrote already
+        else:
+            assert health["sqlite_commits"] is None
         r = c.get("/metadata")
         assert r.status_code == 200
         CapabilityStatement.model_validate(r.json())

@@ -36,3 +36,27 @@ def test_a_cancelled_unit_does_not_strand_the_rest_of_its_batch(tmp_path):
     # the cancelled unit's work was already in the batch: it is committed with the others
     # (stored without an answer; a resubmission finds it)
     assert stored == ["u0", "u1", "u2", "u3", "u4"]
+
+
+def test_commit_times_count_commits_and_the_units_they_carried(tmp_path):
+    async def go():
+        storage = Storage.connect(f"sqlite:///{tmp_path / 't.db'}")
+        await storage.open()
+        try:
+            await storage.migrate()
+            before = storage.commits.stats()
+
+            async def unit(k: int) -> None:
+                async with storage.transaction() as tx:
+                    await tx.execute("INSERT INTO jobs (name, day, ran_at) VALUES (?, ?, ?)", (f"u{k}", "d", "t"))
+
+            await asyncio.gather(*(unit(k) for k in range(6)))  # queued together: one batch
+            await unit(99)  # alone: a batch of its own
+            return before, storage.commits.stats()
+        finally:
+            await storage.close()
+
+    before, after = asyncio.run(go())
+    assert after["units"] - before["units"] == 7
+    assert after["commits"] - before["commits"] == 2
+    assert after["busy_s"] > before["busy_s"] and after["longest_ms"] > 0

@@ -145,6 +145,19 @@ def _wait_triage_idle(base_url: str, limit_s: float = 30.0) -> int:
     return last
 
 
+def _commits_during(before: dict | None, after: dict | None) -> dict:
+    """The server's SQLite COMMITs between two ``/health`` readings: how many, their time per
+    request-unit, how many took over 2 ms (none on PostgreSQL)."""
+    if not before or not after:
+        return {}
+    commits = after["commits"] - before["commits"]
+    units = after["units"] - before["units"]
+    return {"sqlite_commits": commits, "sqlite_units_per_commit": units / commits if commits else None,
+            "sqlite_commit_ms_per_unit": 1000.0 * (after["busy_s"] - before["busy_s"]) / units if units else None,
+            "sqlite_slow_commits": after["over_2ms"] - before["over_2ms"],
+            "sqlite_longest_commit_ms_so_far": after["longest_ms"]}
+
+
 def _gc_during(before: dict, after: dict) -> dict:
     """The server's garbage-collector passes and pauses between two ``/health`` readings."""
     return {"server_gc_collections": [a - b for a, b in zip(after["collections"], before["collections"], strict=True)],
@@ -381,6 +394,7 @@ def run_capacity(run: CapacityRun) -> dict:
                              "triage_ms_per_submission": (cb.TriageWork.from_health(h1) - cb.TriageWork.from_health(h0))
                              .ms_per_submission,
                              **_gc_during(h0["gc"], h1["gc"]),
+                             **_commits_during(h0.get("sqlite_commits"), h1.get("sqlite_commits")),
                              **at_measured_demand(req, open_cal, model_cfg, open_overhead, run.seed, level_cpu_s,
                                                   idle_rate * level_s, h1, h0),
                              "client_lag_p95_ms": float(np.nanpercentile(req["lag_ms"], 95)) if len(req) else None})

@@ -36,6 +36,7 @@ from typing import Any
 log = logging.getLogger("twin.server.storage")
 
 GROUP_COMMIT_MAX = 32  # units of work per SQLite commit at most (bounds the wait of the first)
+SLOW_COMMIT_S = 0.002  # a COMMIT longer than this is counted as slow (CommitTimes)
 CHECKPOINT_EVERY_S = 0.01  # background checkpoint passes (see SqliteStorage._checkpoint_loop)
 CHECKPOINT_IDLE_S = 0.1  # … and while nothing new was committed  # the background checkpointer's period (see SqliteStorage._checkpoint_loop)
 COLUMNS = ("type", "id", "version", "last_updated", "patient", "episode", "team", "org", "status", "code",
@@ -338,6 +339,31 @@ class _SqliteTx(Tx):
                               [r.params() for r in rows])
 
 
+@dataclass
+class CommitTimes:
+    """How long the SQLite COMMITs held the event loop: count, units of work, total, the longest and
+    how many took over ``SLOW_COMMIT_S``. A COMMIT writes the transaction's pages to the WAL; one
+    that also completes a checkpoint copies and fsyncs — the slow ones, and a stall for every
+    request waiting on the loop (``/health`` shows them)."""
+
+    count: int = 0
+    units: int = 0
+    busy_s: float = 0.0
+    longest_s: float = 0.0
+    slow: int = 0
+
+    def add(self, took_s: float, units: int) -> None:
+        self.count += 1
+        self.units += units
+        self.busy_s += took_s
+        self.longest_s = max(self.longest_s, took_s)
+        self.slow += took_s > SLOW_COMMIT_S
+
+    def stats(self) -> dict:
+        return {"commits": self.count, "units": self.units, "busy_s": round(self.busy_s, 6),
+                "longest_ms": round(1000.0 * self.longest_s, 3), "over_2ms": self.slow}
+
+
 class SqliteStorage(Storage):
     def __init__(self, path: str) -> None:
         self.path = path
@@ -347,6 +373,7 @@ class SqliteStorage(Storage):
         self.waiting = 0  # transactions queued for the lock
         self.batch: list[asyncio.Future] | None = None  # units of work in the open write transaction
         self.commit_scheduled = False
+        self.commits = CommitTimes()
 
     async def open(self) -> None:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves. Autocommit reads see committed data.
@@ -449,8 +476,10 @@ class SqliteStorage(Storage):
         if self.batch is None:
             return  # committed already (the batch filled up before this scheduled call ran)
         batch, self.batch = self.batch, None
+        started = time.perf_counter()
         try:
             self.conn.execute("COMMIT")
+            self.commits.add(time.perf_counter() - started, len(batch))
         except Exception as exc:  # the whole group is lost: every unit of it fails, none is answered as stored
             with contextlib.suppress(sqlite3.Error):
                 self.conn.execute("ROLLBACK")
