@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -64,12 +66,49 @@ def event_loop_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _schedstat(pid: int) -> tuple[float, float]:
+    fields = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+
+
 def event_loop_runqueue_s(pid: int) -> float:
     """Seconds the server's main thread was ready to run but waited for a CPU (the kernel's
     schedstat): time the event loop could not serve although it had work — the other core's
     threads (the load generator, SQLite's checkpointer) taking its turn. Not in the CPU time."""
-    fields = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
-    return int(fields[1]) / 1e9
+    return _schedstat(pid)[1]
+
+
+class LoopCpuSampler:
+    """Samples the server's event-loop CPU and runqueue wait every ``every_s`` from a thread, so a
+    run's latency can be read against what the loop was doing: a stretch of long latencies with
+    the loop's CPU at 100 % is work; with the CPU lower, the loop was held up by something that is
+    not its CPU (blocking I/O, a lock, a slower machine)."""
+
+    def __init__(self, pid: int, every_s: float = 0.05) -> None:
+        self.pid, self.every_s = pid, every_s
+        self.rows: list[tuple[float, float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loop-cpu-sampler", daemon=True)
+
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        while not self._stop.wait(self.every_s):
+            self.rows.append((time.perf_counter() - t0, *_schedstat(self.pid)))  # ns-precise, unlike ticks
+
+    def __enter__(self) -> LoopCpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def frame(self) -> pd.DataFrame:
+        """Per interval: ``t_s`` (its end, from the start), ``cpu_share`` and ``runqueue_share`` of it."""
+        df = pd.DataFrame(self.rows, columns=["t_s", "cpu_s", "runqueue_s"])
+        dt = df["t_s"].diff()
+        return pd.DataFrame({"t_s": df["t_s"], "cpu_share": df["cpu_s"].diff() / dt,
+                             "runqueue_share": df["runqueue_s"].diff() / dt}).iloc[1:].reset_index(drop=True)
 
 
 def server_health(base_url: str) -> dict:

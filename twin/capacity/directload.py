@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import math
 import threading
 import urllib.parse
 import urllib.request
@@ -185,7 +186,8 @@ def open_run(pools: RequestPools, mix: Mapping[str, float], rate_per_s: float, d
     due, phase = poisson_schedule([(duration_s, rate_per_s)], seed)
     endpoints = endpoint_sequence(mix, len(due), seed + 1)
     waited_before = client_runqueue_s()
-    res = asyncio.run(run_open_load(pools.host, pools.port, pools.sequence(endpoints), schedule=(due, phase)))
+    res = asyncio.run(run_open_load(pools.host, pools.port, pools.sequence(endpoints), schedule=(due, phase),
+                                    warm_connections=warm_connections(rate_per_s)))
     waited_s = client_runqueue_s() - waited_before
     # What the server saw: when each request was written, and its time from then to the answer.
     # The client's lateness (a busy client, or waiting for a connection) is kept apart as lag_ms,
@@ -197,6 +199,12 @@ def open_run(pools: RequestPools, mix: Mapping[str, float], rate_per_s: float, d
     out["ok"] = ((out["status"] >= 200) & (out["status"] < 300)).astype(int)
     out.attrs["client_runqueue_s"] = waited_s
     return out
+
+
+def warm_connections(rate_per_s: float) -> int:
+    """Keep-alive connections to open before an open run starts: the requests in flight at
+    ``rate_per_s`` with 10 ms each (Little's law, a generous latency), plus a few, at most 64."""
+    return int(min(64, 4 + math.ceil(rate_per_s * 0.010)))
 
 
 def client_runqueue_s() -> float:

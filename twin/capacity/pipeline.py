@@ -377,7 +377,9 @@ def run_capacity(run: CapacityRun) -> dict:
                 label = f"open-{round(share * 100)}pct"
                 c0, t0, h0 = cb.event_loop_cpu_s(pid), time.monotonic(), cb.server_health(server.base_url)
                 q0 = cb.event_loop_runqueue_s(pid)
-                req = dl.open_run(pools, mix, share * open_capacity_per_s, level_s, run.seed + 100 + k)
+                with cb.LoopCpuSampler(pid) as sampler:
+                    req = dl.open_run(pools, mix, share * open_capacity_per_s, level_s, run.seed + 100 + k)
+                sampler.frame().to_csv(out / "runs" / f"{label}-loop-cpu.csv", index=False)
                 _wait_triage_idle(server.base_url)
                 level_cpu_s = cb.event_loop_cpu_s(pid) - c0
                 level_runqueue_s = cb.event_loop_runqueue_s(pid) - q0
