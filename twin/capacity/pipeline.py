@@ -363,13 +363,13 @@ def run_capacity(run: CapacityRun) -> dict:
             open_fit["overhead_ms"] = open_overhead
             # how the event loop interleaves requests: the phases that best reproduce the upper
             # calibration load's p95 (a run of its own, not one of the judged levels)
-            phases, phase_fit = choose_loop_phases(open_cal_req[-1], open_cal, model_cfg, open_overhead, run.seed)
-            model_cfg = replace(model_cfg, loop_phases=phases)
-            open_fit["loop_phases"], open_fit["loop_phase_fit"] = phases, phase_fit
+            loop_phases, phase_fit = choose_loop_phases(open_cal_req[-1], open_cal, model_cfg, open_overhead, run.seed)
+            model_cfg = replace(model_cfg, loop_phases=loop_phases)
+            open_fit["loop_phases"], open_fit["loop_phase_fit"] = loop_phases, phase_fit
             summary["open_model"] = {**open_fit, "runs": open_cal_runs, "cpu_factor": factor}
             _say(run, f"capacity {name}: open-model capacity {open_capacity_per_s:.0f} req/s "
                       f"(F {100 * open_fit['fixed_share']:.1f} %, D {open_fit['per_request_ms']:.3f} ms, "
-                      f"W {open_fit['wake_ms']:.3f} ms, loop phases {phases})")
+                      f"W {open_fit['wake_ms']:.3f} ms, loop phases {loop_phases})")
             # 4. open-model levels at shares of that capacity; the model runs on the same arrivals
             level_s = SHARES["level"] * budget
             measured, predicted, runs = [], [], []
