@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
+from tests.unit.sqlite_storage import migrated_sqlite
 from twin.server.storage import Storage
 
 OLD_AUDIT = """CREATE TABLE audit (
@@ -56,10 +57,7 @@ def test_old_one_row_per_patient_audit_is_moved_into_requests_and_patient_keys(t
 
 def test_audit_writes_one_request_row_and_one_key_per_patient(tmp_path):
     async def go():
-        storage = Storage.connect(f"sqlite:///{tmp_path / 'new.db'}")
-        await storage.open()
-        try:
-            await storage.migrate()
+        async with migrated_sqlite(tmp_path / "new.db") as storage:
             async with storage.transaction() as tx:
                 await tx.audit(("2026-01-01T08:00:00.000+00:00", "t1", "PRACTITIONER", "pr-0-0", "org-1", "R",
                                 "search", "Task", None, "q"), ["p-1", "p-2", "p-3"])
@@ -69,8 +67,6 @@ def test_audit_writes_one_request_row_and_one_key_per_patient(tmp_path):
                 n_requests = (await tx.fetch("SELECT COUNT(*) FROM audit_request"))[0][0]
                 by_patient = await tx.fetch("SELECT patient, COUNT(*) FROM audit_patient GROUP BY patient ORDER BY 1")
             return n_requests, by_patient
-        finally:
-            await storage.close()
 
     n_requests, by_patient = _run(go())
     assert n_requests == 2

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from twin.server.storage import Storage
+from tests.unit.sqlite_storage import migrated_sqlite
 
 
 def test_a_cancelled_unit_does_not_strand_the_rest_of_its_batch(tmp_path):
     async def go():
-        storage = Storage.connect(f"sqlite:///{tmp_path / 'g.db'}")
-        await storage.open()
-        try:
-            await storage.migrate()
+        async with migrated_sqlite(tmp_path / "g.db") as storage:
 
             async def unit(k: int) -> int:
                 async with storage.transaction() as tx:
@@ -27,8 +24,6 @@ def test_a_cancelled_unit_does_not_strand_the_rest_of_its_batch(tmp_path):
             async with storage.transaction() as tx:
                 stored = [r[0] for r in await tx.fetch("SELECT name FROM jobs ORDER BY name")]
             return results, stored
-        finally:
-            await storage.close()
 
     results, stored = asyncio.run(go())
     assert [r for r in results if not isinstance(r, BaseException)] == [0, 1, 3, 4]
@@ -40,10 +35,7 @@ def test_a_cancelled_unit_does_not_strand_the_rest_of_its_batch(tmp_path):
 
 def test_commit_times_count_commits_and_the_units_they_carried(tmp_path):
     async def go():
-        storage = Storage.connect(f"sqlite:///{tmp_path / 't.db'}")
-        await storage.open()
-        try:
-            await storage.migrate()
+        async with migrated_sqlite(tmp_path / "t.db") as storage:
             before = storage.commits.stats()
 
             async def unit(k: int) -> None:
@@ -53,8 +45,6 @@ def test_commit_times_count_commits_and_the_units_they_carried(tmp_path):
             await asyncio.gather(*(unit(k) for k in range(6)))  # queued together: one batch
             await unit(99)  # alone: a batch of its own
             return before, storage.commits.stats()
-        finally:
-            await storage.close()
 
     before, after = asyncio.run(go())
     assert after["units"] - before["units"] == 7

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+from tests.unit.sqlite_storage import migrated_sqlite
 from twin.server import fhir as fr
-from twin.server.storage import Storage
 from twin.server.triage_worker import TriageWorker
 
 GOOD = {"patient": "p-1", "episode": "e-1", "team": "ct-1", "org": "org-1",
@@ -16,10 +16,7 @@ GOOD = {"patient": "p-1", "episode": "e-1", "team": "ct-1", "org": "org-1",
 
 def test_a_poison_item_is_parked_and_the_rest_are_triaged(tmp_path):
     async def go():
-        storage = Storage.connect(f"sqlite:///{tmp_path / 'poison.db'}")
-        await storage.open()
-        try:
-            await storage.migrate()
+        async with migrated_sqlite(tmp_path / "poison.db") as storage:
             async with storage.transaction() as tx:
                 # created first, so it heads the queue; "values" of the wrong shape break the rules
                 await tx.outbox_put("a-poison", "triage", json.dumps({**GOOD, "values": [1, 2]}), "2026-01-01T00:00:00")
@@ -31,8 +28,6 @@ def test_a_poison_item_is_parked_and_the_rest_are_triaged(tmp_path):
                 tasks = await tx.fetch("SELECT priority, team FROM resources WHERE type = 'Task'")
             again = await worker.drain()  # the parked item is not retried
             return done, worker.failed, outbox, tasks, again
-        finally:
-            await storage.close()
 
     done, failed, outbox, tasks, again = asyncio.run(go())
     assert (done, failed) == (1, 1)
