@@ -5,6 +5,8 @@ outage (common random numbers)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -87,11 +89,16 @@ def test_outage_figures(runs):
             assert f[key] == fb[key]
 
 
+def write_run(run, name: str, out: Path) -> None:
+    """A one-replication run's results directory, as `twin run` writes it (scenario, tables, info)."""
+    write_scenario(run.scenario, out / "scenario.toml")
+    write_run_tables(run, headline_figures(run), out)
+    write_run_info(out, {"scenario": name, "seed": run.scenario.run.seed, "replications": 1})
+
+
 def test_trace_and_demand_surge(runs, tmp_path):
     base, out = runs
-    write_scenario(out.scenario, tmp_path / "scenario.toml")
-    write_run_tables(out, headline_figures(out), tmp_path)
-    write_run_info(tmp_path, {"scenario": "pilot-outage", "seed": out.scenario.run.seed, "replications": 1})
+    write_run(out, "pilot-outage", tmp_path)
     trace = read_trace(tmp_path / "trace")
     o = trace["outages"]
     assert list(o.columns) == ["start_time", "end_time"] and len(o) == 1
@@ -120,9 +127,7 @@ def test_trace_and_demand_surge(runs, tmp_path):
 
 def test_no_outage_trace_and_report(runs, tmp_path):
     base, _ = runs
-    write_scenario(base.scenario, tmp_path / "scenario.toml")
-    write_run_tables(base, headline_figures(base), tmp_path)
-    write_run_info(tmp_path, {"scenario": "pilot", "seed": base.scenario.run.seed, "replications": 1})
+    write_run(base, "pilot", tmp_path)
     trace = read_trace(tmp_path / "trace")
     assert trace["outages"].empty and list(trace["outages"].columns) == ["start_time", "end_time"]
     s = trace["sessions"]

@@ -66,8 +66,10 @@ def event_loop_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _schedstat(pid: int) -> tuple[float, float]:
-    fields = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+def thread_schedstat_s(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """A thread's seconds on a CPU and seconds ready but waiting for one (the kernel's schedstat,
+    ns-precise; the main thread when ``tid`` is None)."""
+    fields = Path(f"/proc/{pid}/task/{pid if tid is None else tid}/schedstat").read_text().split()
     return int(fields[0]) / 1e9, int(fields[1]) / 1e9
 
 
@@ -75,7 +77,7 @@ def event_loop_runqueue_s(pid: int) -> float:
     """Seconds the server's main thread was ready to run but waited for a CPU (the kernel's
     schedstat): time the event loop could not serve although it had work — the other core's
     threads (the load generator, SQLite's checkpointer) taking its turn. Not in the CPU time."""
-    return _schedstat(pid)[1]
+    return thread_schedstat_s(pid)[1]
 
 
 class LoopCpuSampler:
@@ -93,7 +95,7 @@ class LoopCpuSampler:
     def _run(self) -> None:
         t0 = time.perf_counter()
         while not self._stop.wait(self.every_s):
-            self.rows.append((time.perf_counter() - t0, *_schedstat(self.pid)))  # ns-precise, unlike ticks
+            self.rows.append((time.perf_counter() - t0, *thread_schedstat_s(self.pid)))  # ns, unlike ticks
 
     def __enter__(self) -> LoopCpuSampler:
         self._thread.start()

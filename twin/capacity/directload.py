@@ -20,6 +20,7 @@ import asyncio
 import datetime as dt
 import json
 import math
+import os
 import threading
 import urllib.parse
 import urllib.request
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from twin.capacity.calibrate import thread_schedstat_s
 from twin.loadtest.httpload import (
     _read_response,
     build_request,
@@ -89,7 +91,6 @@ def build_pools(base: str, sessions: pd.DataFrame, teams: Sequence[int], citizen
     each submission carries a real session's readings and answers (canonical values, docs/TRACE.md)
     under new identifiers."""
     import sys
-    from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from loadtests import payloads
@@ -212,7 +213,7 @@ def client_runqueue_s() -> float:
     (the kernel's schedstat; 0 where there is none). Answers that arrive meanwhile are timestamped
     late: a busy machine, not a slow server — the pipeline reports it beside each run."""
     try:
-        return int(Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").read_text().split()[1]) / 1e9
+        return thread_schedstat_s(os.getpid(), threading.get_native_id())[1]
     except (OSError, IndexError, ValueError):
         return 0.0
 

@@ -182,16 +182,16 @@ def predict_on(requests: pd.DataFrame, cal, cfg: PlatformConfig, overhead_ms: fl
     return cmp.predicted_by_endpoint(pr)
 
 
-def at_measured_demand(req: pd.DataFrame, cal, cfg: PlatformConfig, overhead_ms: float, seed: int, cpu_s: float,
-                       idle_s: float, health_after: dict, health_before: dict) -> dict:
+def at_measured_demand(req: pd.DataFrame, cal, cfg: PlatformConfig, overhead_ms: float, seed: int,
+                       request_cpu_s: float) -> dict:
     """A diagnostic beside each judged prediction: the model run again with the CPU per request
     this level *measured* (the service-time shape kept, no wake-up term). Its error is the queueing
     model's alone; the judged prediction's error adds the calibration's error in the demand. On a
     shared machine whose speed drifts from minute to minute the second dominates at high load,
-    where p95 grows as 1 / (1 − utilisation)."""
+    where p95 grows as 1 / (1 − utilisation). ``request_cpu_s``: the loop's CPU in the level less
+    its timers and the triage."""
     ok = req[req["ok"] == 1]
-    triage_s = (cb.TriageWork.from_health(health_after) - cb.TriageWork.from_health(health_before)).busy_s
-    demand_ms = 1000.0 * (cpu_s - idle_s - triage_s) / max(len(req), 1)
+    demand_ms = 1000.0 * request_cpu_s / max(len(req), 1)
     if len(ok) < 20 or demand_ms <= 0:
         return {}
     mean_ms = sum(float((ok["endpoint"] == e).mean()) * cal.endpoint(e).cpu_ms.mean_ms
@@ -384,6 +384,7 @@ def run_capacity(run: CapacityRun) -> dict:
                 level_cpu_s = cb.event_loop_cpu_s(pid) - c0
                 level_runqueue_s = cb.event_loop_runqueue_s(pid) - q0
                 h1 = cb.server_health(server.base_url)
+                level_triage = cb.TriageWork.from_health(h1) - cb.TriageWork.from_health(h0)
                 req.to_csv(out / "runs" / f"{label}.csv", index=False)
                 measured.append(cmp.measured_by_endpoint(req, 0.0, level_s).assign(level=label))
                 predicted.append(predict_on(req, open_cal, model_cfg, open_overhead, run.seed).assign(level=label))
@@ -393,12 +394,11 @@ def run_capacity(run: CapacityRun) -> dict:
                              "event_loop_utilisation": level_cpu_s / level_s,
                              "event_loop_runqueue_ms_per_request": 1000 * level_runqueue_s / max(len(req), 1),
                              "client_runqueue_ms_per_request": 1000 * req.attrs["client_runqueue_s"] / max(len(req), 1),
-                             "triage_ms_per_submission": (cb.TriageWork.from_health(h1) - cb.TriageWork.from_health(h0))
-                             .ms_per_submission,
+                             "triage_ms_per_submission": level_triage.ms_per_submission,
                              **_gc_during(h0["gc"], h1["gc"]),
                              **_commits_during(h0.get("sqlite_commits"), h1.get("sqlite_commits")),
-                             **at_measured_demand(req, open_cal, model_cfg, open_overhead, run.seed, level_cpu_s,
-                                                  idle_rate * level_s, h1, h0),
+                             **at_measured_demand(req, open_cal, model_cfg, open_overhead, run.seed,
+                                                  level_cpu_s - idle_rate * level_s - level_triage.busy_s),
                              "client_lag_p95_ms": float(np.nanpercentile(req["lag_ms"], 95)) if len(req) else None})
             # 5. overload: twice the open-model capacity, then half of it — the service must shed the excess
             #    (503 + Retry-After) with a bounded p95 for what it admits, and recover by itself

@@ -95,8 +95,7 @@ def create_app(settings: Settings) -> Starlette:
                              "triaged": service.triage.triaged, "triage_failed": service.triage.failed,
                              "triage_busy_s": round(service.triage.busy_s, 6), "triage_batches": service.triage.batches,
                              "gc": gc_pauses.RECORDER.stats(),
-                             "sqlite_commits": service.storage.commits.stats() if hasattr(service.storage, "commits")
-                             else None,
+                             "sqlite_commits": service.storage.commit_stats(),
                              "admission": service.admission.stats() if service.admission else None})
 
     async def metadata(request: Request) -> Response:

@@ -38,7 +38,7 @@ log = logging.getLogger("twin.server.storage")
 GROUP_COMMIT_MAX = 32  # units of work per SQLite commit at most (bounds the wait of the first)
 SLOW_COMMIT_S = 0.002  # a COMMIT longer than this is counted as slow (CommitTimes)
 CHECKPOINT_EVERY_S = 0.01  # background checkpoint passes (see SqliteStorage._checkpoint_loop)
-CHECKPOINT_IDLE_S = 0.1  # … and while nothing new was committed  # the background checkpointer's period (see SqliteStorage._checkpoint_loop)
+CHECKPOINT_IDLE_S = 0.1  # … and while nothing new was committed
 COLUMNS = ("type", "id", "version", "last_updated", "patient", "episode", "team", "org", "status", "code",
            "effective", "priority", "ident", "body")
 
@@ -309,6 +309,10 @@ class Storage:
         async with self.transaction() as tx:
             await tx.migrate_schema()
 
+    def commit_stats(self) -> dict | None:
+        """How the database's COMMITs held the event loop (SQLite's run on it); None where they don't."""
+        return None
+
     async def analyze(self) -> None:
         """Refresh the query planner's statistics (after a bulk load such as the seed)."""
         async with self.transaction() as tx:
@@ -374,6 +378,9 @@ class SqliteStorage(Storage):
         self.batch: list[asyncio.Future] | None = None  # units of work in the open write transaction
         self.commit_scheduled = False
         self.commits = CommitTimes()
+
+    def commit_stats(self) -> dict:
+        return self.commits.stats()
 
     async def open(self) -> None:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves. Autocommit reads see committed data.
