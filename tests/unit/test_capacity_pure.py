@@ -158,3 +158,55 @@ def test_fit_open_demand_recovers_the_cost_per_request_and_per_wake_up():
     fit = fit_open_demand(noisy, idle)
     busiest = (noisy[1]["cpu_s"] - idle * 6.0 - noisy[1]["triage_s"]) * 1000 / noisy[1]["requests"]
     assert fit["wake_ms"] == 0.0 and fit["per_request_ms"] == pytest.approx(busiest)
+
+
+def _poisson_requests(rate_per_s: float, duration_s: float, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    start = np.sort(rng.uniform(0.0, duration_s, rng.poisson(rate_per_s * duration_s)))
+    return pd.DataFrame({"start_s": start, "endpoint": rng.choice(list(MIX), len(start), p=list(MIX.values())),
+                         "ok": 1})
+
+
+def test_with_service_cv_keeps_means_and_sets_the_spread():
+    from twin.capacity.calibrate import with_service_cv
+
+    cal = _cal()
+    wide = with_service_cv(cal, 1.5)
+    for name in MIX:
+        assert wide.endpoint(name).cpu_ms.mean_ms == pytest.approx(cal.endpoint(name).cpu_ms.mean_ms)
+        assert (wide.endpoint(name).cpu_ms.family, wide.endpoint(name).cpu_ms.cv) == ("gamma", 1.5)
+
+
+def test_choose_service_cv_recovers_the_variability_that_made_the_latencies():
+    from twin.capacity import pipeline as pl
+    from twin.capacity.calibrate import with_service_cv
+
+    cal, cfg = _cal(), PlatformConfig(cores=1, workers=32)
+    runs = []
+    for k, rate in enumerate((200.0, 330.0)):  # ~40 % and ~65 % of the core (mean CPU 2 ms)
+        req = _poisson_requests(rate, 60.0, seed=k)
+        req["latency_ms"] = pl.model_on(req, with_service_cv(cal, 1.5), cfg, seed=7).requests["latency_ms"] + 0.5
+        runs.append(req)
+    cv, fit = pl.choose_service_cv(runs, cal, cfg, overhead_ms=0.5, seed=100)
+    assert cv == 1.5
+    assert fit["cv_0.5_p95_ms"][1] < fit["measured_p95_ms"][1] < fit["cv_2_p95_ms"][1]
+
+
+def test_at_demand_scales_the_mix_mean_and_drops_the_wake_up():
+    from dataclasses import replace
+
+    from twin.capacity import pipeline as pl
+
+    cal = replace(_cal(), wake_ms=0.7)
+    at = pl.at_demand(cal, MIX, 3.0, "test")
+    assert sum(s * at.endpoint(n).cpu_ms.mean_ms for n, s in MIX.items()) == pytest.approx(3.0)
+    assert at.wake_ms == 0.0
+
+
+def test_compare_levels_judges_a_level_by_its_measured_utilisation():
+    req = pd.DataFrame({"start_s": np.arange(100) / 10.0, "endpoint": ["token"] * 100,
+                        "latency_ms": np.linspace(1, 10, 100), "ok": 1})
+    m = cmp.measured_by_endpoint(req, 0.0, 10.0).assign(level="a")
+    out = cmp.compare_levels(m, m, saturation_per_s=100.0, utilisation={"a": 0.95})  # 10 % by throughput
+    row = out.set_index("endpoint").loc["all"]
+    assert row["load_share"] == pytest.approx(0.95) and not row["judged"]

@@ -237,6 +237,14 @@ def scale_calibration(cal: PlatformCalibration, factor: float, note: str) -> Pla
     return replace(cal, endpoints=endpoints, metadata=meta)
 
 
+def with_service_cv(cal: PlatformCalibration, cv: float) -> PlatformCalibration:
+    """Every endpoint's CPU service time as a gamma with its mean kept and coefficient of variation
+    ``cv`` (the variability under load, fitted by :func:`twin.capacity.pipeline.choose_service_cv`)."""
+    endpoints = {n: replace(e, cpu_ms=ServiceTime("gamma", e.cpu_ms.mean_ms, float(cv))) for n, e in cal.endpoints.items()}
+    meta = replace(cal.metadata, notes=f"{cal.metadata.notes}; CPU service times gamma, cv {cv:g} (fitted under load)")
+    return replace(cal, endpoints=endpoints, metadata=meta)
+
+
 MIN_EXTRAPOLATED_SHARE = 0.6
 """fit_open_demand's guard: the cost per request at saturation (D) is believed only down to this share
 of the cost measured at the busiest calibration run; a steeper line is taken for noise."""

@@ -63,17 +63,22 @@ def predicted_by_endpoint(run: PlatformRun) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare_levels(predicted: pd.DataFrame, measured: pd.DataFrame, saturation_per_s: float) -> pd.DataFrame:
+def compare_levels(predicted: pd.DataFrame, measured: pd.DataFrame, saturation_per_s: float,
+                   utilisation: Mapping[str, float] | None = None) -> pd.DataFrame:
     """Join predicted and measured tables (both with a ``level`` column) per level and endpoint.
 
-    ``load_share`` is the level's measured throughput (``all``) over the measured saturation;
-    ``judged`` says the p95 bar applies (load ≤ 80 % of saturation and ≥ ``MIN_REQUESTS``)."""
+    ``load_share`` is the level's measured utilisation of the bottleneck where ``utilisation``
+    gives it (the share of the event loop's time it kept busy), else its measured throughput
+    (``all``) over the measured saturation; ``judged`` says the p95 bar applies (load ≤ 80 % of
+    saturation and ≥ ``MIN_REQUESTS``)."""
     keys = ["level", "endpoint"]
     m = measured.set_index(keys)
     p = predicted.set_index(keys)
     out = m[["requests", "throughput_per_s", "p50_ms", "p95_ms"]].add_prefix("measured_").join(
         p[["requests", "throughput_per_s", "p50_ms", "p95_ms"]].add_prefix("predicted_"), how="inner").reset_index()
     load = measured[measured["endpoint"] == "all"].set_index("level")["throughput_per_s"] / saturation_per_s
+    for level, share in (utilisation or {}).items():
+        load[level] = share
     out["load_share"] = out["level"].map(load)
     for q in ("p50", "p95"):
         out[f"{q}_rel_error"] = out[f"predicted_{q}_ms"] / out[f"measured_{q}_ms"] - 1.0
