@@ -184,10 +184,10 @@ def test_choose_service_cv_recovers_the_variability_that_made_the_latencies():
     cal, cfg = _cal(), PlatformConfig(cores=1, workers=32)
     runs = []
     for k, rate in enumerate((200.0, 330.0)):  # ~40 % and ~65 % of the core (mean CPU 2 ms)
-        req = _poisson_requests(rate, 60.0, seed=k)
+        req = _poisson_requests(rate, 30.0, seed=k)
         req["latency_ms"] = pl.model_on(req, with_service_cv(cal, 1.5), cfg, seed=7).requests["latency_ms"] + 0.5
         runs.append(req)
-    cv, fit = pl.choose_service_cv(runs, cal, cfg, overhead_ms=0.5, seed=100)
+    cv, fit = pl.choose_service_cv(runs, cal, cfg, overhead_ms=0.5, seed=100, candidates=(0.5, 1.0, 1.5, 2.0))
     assert cv == 1.5
     assert fit["cv_0.5_p95_ms"][1] < fit["measured_p95_ms"][1] < fit["cv_2_p95_ms"][1]
 
