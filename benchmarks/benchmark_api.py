@@ -55,6 +55,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds of a process, all its threads (user + system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured_run(pid: int, port: int, pool: list[bytes], args) -> tuple[object, float]:
+    """One closed-loop run and the server's CPU per request (ms): a figure that, unlike throughput,
+    hardly depends on what else the shared machine runs — the noisy neighbours slow the CPU a
+    little, they do not take the server's turn."""
+    cpu0 = process_cpu_s(pid)
+    res = asyncio.run(run_load("127.0.0.1", port, pool, args.concurrency, args.duration))
+    return res, 1000.0 * (process_cpu_s(pid) - cpu0) / max(res.sent, 1)
+
+
+def report(kind: str, label: str, res, cpu_ms: float) -> None:
+    print(f"  {kind:10s} {label:9s} {res.rps:8.0f} req/s  p50 {res.percentile_ms(50):6.1f}  "
+          f"p95 {res.percentile_ms(95):6.1f}  p99 {res.percentile_ms(99):6.1f} ms  server CPU {cpu_ms:6.3f} ms/req  "
+          f"errors {res.errors}", flush=True)
+
+
 def wait_healthy(url: str, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -169,11 +190,9 @@ def bench_twin(kind: str, tmp: Path, args) -> dict:
         for label, pool in (("submit", pools["submit"]), ("worklist", pools["worklist"]), ("episode", pools["episode"])):
             if label != "submit":
                 out["triage_backlog_s"] = wait_triage_idle(base)  # reads are measured without triage running
-            res = asyncio.run(run_load("127.0.0.1", port, pool, args.concurrency, args.duration))
-            out[label] = res.summary()
-            print(f"  {kind:10s} {label:9s} {res.rps:8.0f} req/s  p50 {res.percentile_ms(50):6.1f}  "
-                  f"p95 {res.percentile_ms(95):6.1f}  p99 {res.percentile_ms(99):6.1f} ms  errors {res.errors}",
-                  flush=True)
+            res, cpu_ms = measured_run(proc.pid, port, pool, args)
+            out[label] = {**res.summary(), "server_cpu_ms_per_request": round(cpu_ms, 4)}
+            report(kind, label, res, cpu_ms)
         out["triaged_after_run"] = httpx.get(f"{base}/health").json()["triaged"]
         return out
     finally:
@@ -193,10 +212,9 @@ def bench_bare(kind: str, tmp: Path, args) -> dict:
         wait_healthy(f"http://127.0.0.1:{port}/health", proc)
         body = json.dumps({"resourceType": "Observation", "status": "final", "valueQuantity": {"value": 95}}).encode()
         pool = [build_request("POST", f"127.0.0.1:{port}", "/insert", {"Content-Type": "application/json"}, body)]
-        res = asyncio.run(run_load("127.0.0.1", port, pool, args.concurrency, args.duration))
-        print(f"  {kind:10s} {'bare':9s} {res.rps:8.0f} req/s  p50 {res.percentile_ms(50):6.1f}  "
-              f"p95 {res.percentile_ms(95):6.1f}  p99 {res.percentile_ms(99):6.1f} ms  errors {res.errors}", flush=True)
-        return res.summary()
+        res, cpu_ms = measured_run(proc.pid, port, pool, args)
+        report(kind, "bare", res, cpu_ms)
+        return {**res.summary(), "server_cpu_ms_per_request": round(cpu_ms, 4)}
     finally:
         stop_process(proc)
         drop_database(kind, name)
@@ -215,7 +233,11 @@ def main() -> int:
         for kind in ("sqlite",) + (() if args.skip_postgres else ("postgresql",)):
             results[kind] = {"bare": bench_bare(kind, Path(tmp), args), **bench_twin(kind, Path(tmp), args)}
             r = results[kind]
-            print(f"  {kind}: submit = {r['submit']['rps'] / r['bare']['rps']:.2f} x bare insert throughput")
+            print(f"  {kind}: submit = {r['submit']['rps'] / r['bare']['rps']:.3f} x bare insert throughput; server CPU "
+                  f"per request: submit {r['submit']['server_cpu_ms_per_request'] / r['bare']['server_cpu_ms_per_request']:.1f}"
+                  f" x bare, worklist {r['worklist']['server_cpu_ms_per_request'] / r['bare']['server_cpu_ms_per_request']:.1f}"
+                  f" x bare, episode {r['episode']['server_cpu_ms_per_request'] / r['bare']['server_cpu_ms_per_request']:.1f}"
+                  " x bare")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(f"-> {args.out}")

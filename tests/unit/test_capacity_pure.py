@@ -210,3 +210,26 @@ def test_compare_levels_judges_a_level_by_its_measured_utilisation():
     out = cmp.compare_levels(m, m, saturation_per_s=100.0, utilisation={"a": 0.95})  # 10 % by throughput
     row = out.set_index("endpoint").loc["all"]
     assert row["load_share"] == pytest.approx(0.95) and not row["judged"]
+
+
+def test_p95_interval_brackets_the_p95_and_narrows_with_more_blocks():
+    rng = np.random.default_rng(3)
+    short_s = rng.uniform(0, 5, 1000)
+    long_s = rng.uniform(0, 80, 16000)
+    lat_short, lat_long = rng.exponential(5.0, short_s.size), rng.exponential(5.0, long_s.size)
+    lo, hi = cmp.p95_interval(short_s, lat_short)
+    assert lo <= np.percentile(lat_short, 95) <= hi
+    lo2, hi2 = cmp.p95_interval(long_s, lat_long)
+    assert lo2 <= 5.0 * np.log(20) <= hi2  # the exponential's true p95
+    assert hi2 - lo2 < (hi - lo) / 2
+    assert np.isnan(cmp.p95_interval(short_s[:10] / 100, lat_short[:10])[0])  # under three blocks
+
+
+def test_fresh_pools_rebuild_before_the_tokens_would_expire_mid_run():
+    from twin.capacity.directload import FreshPools
+    from twin.server.auth import ACCESS_LIFETIME_S
+
+    built = []
+    fresh = FreshPools(lambda: built.append(len(built)) or f"pools-{len(built)}", margin_s=30.0)
+    assert fresh.get(60.0) == "pools-1" and fresh.builds == 1  # a minute's run: the tokens outlive it
+    assert fresh.get(ACCESS_LIFETIME_S - 10.0) == "pools-2" and fresh.builds == 2  # would outlast them

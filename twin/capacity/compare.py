@@ -4,7 +4,8 @@ Every function here is pure (frames in, frames out), so it is tested on syntheti
 
 * :func:`measured_by_endpoint` — per endpoint (and ``all``) of a request log: requests,
   throughput (requests *started* in the interval per second — the offered load, which equals the
-  completed rate below saturation), p50/p95 latency;
+  completed rate below saturation), p50/p95 latency, and for ``all`` a 95 % interval of the p95
+  (:func:`p95_interval`);
 * :func:`predicted_by_endpoint` — the same from a :class:`twin.platform.PlatformRun`;
 * :func:`compare_levels` — one row per (level, endpoint): both, relative errors and whether
   the p95 error is inside the bar (``P95_BAR`` ±25 %) at loads up to ``UP_TO_SATURATION`` (80 %) of
@@ -28,6 +29,30 @@ P95_BAR = 0.25  # issue 4: predicted p95 within ±25 % of measured …
 UP_TO_SATURATION = 0.80  # … at loads up to 80 % of measured saturation
 SATURATION_BAR = 0.15  # predicted saturation throughput within ±15 %
 MIN_REQUESTS = 30  # a p95 of fewer requests is too noisy to judge (its 5 % tail holds < 2 requests)
+BLOCK_S = 1.0  # p95_interval's blocks: longer than a queue's busy period at 80 % load (tens of ms)
+BOOTSTRAP_DRAWS = 400
+
+
+def p95_interval(start_s: np.ndarray, latency_ms: np.ndarray, block_s: float = BLOCK_S,
+                 draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[float, float]:
+    """A 95 % interval of a measured p95 latency, by a block bootstrap over time.
+
+    Queued requests' latencies are not independent: one burst of arrivals makes a run of slow
+    answers, so the tail of a few seconds of load rests on a few bursts. Resampling whole blocks
+    of ``block_s`` seconds (with replacement) keeps each burst together and shows how much the p95
+    would move had the run caught other bursts. NaN, NaN with fewer than three blocks."""
+    start_s, latency_ms = np.asarray(start_s, float), np.asarray(latency_ms, float)
+    if latency_ms.size == 0:
+        return float("nan"), float("nan")
+    block = np.floor((start_s - start_s.min()) / block_s).astype(int)
+    groups = [latency_ms[block == b] for b in np.unique(block)]
+    if len(groups) < 3:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    p95s = [np.percentile(np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))]), 95)
+            for _ in range(draws)]
+    lo, hi = np.percentile(p95s, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def _row(name: str, lat: np.ndarray, span_s: float) -> dict:
@@ -48,7 +73,8 @@ def measured_by_endpoint(requests: pd.DataFrame, t0: float | None = None, t1: fl
     r = r[(r["start_s"] >= t0) & (r["start_s"] < t1)]
     span = t1 - t0
     rows = [_row(str(n), g["latency_ms"].to_numpy(float), span) for n, g in r.groupby("endpoint")]
-    rows.append(_row("all", r["latency_ms"].to_numpy(float), span))
+    lo, hi = p95_interval(r["start_s"].to_numpy(float), r["latency_ms"].to_numpy(float))
+    rows.append({**_row("all", r["latency_ms"].to_numpy(float), span), "p95_lo_ms": lo, "p95_hi_ms": hi})
     return pd.DataFrame(rows)
 
 
@@ -74,7 +100,8 @@ def compare_levels(predicted: pd.DataFrame, measured: pd.DataFrame, saturation_p
     keys = ["level", "endpoint"]
     m = measured.set_index(keys)
     p = predicted.set_index(keys)
-    out = m[["requests", "throughput_per_s", "p50_ms", "p95_ms"]].add_prefix("measured_").join(
+    interval = [c for c in ("p95_lo_ms", "p95_hi_ms") if c in m.columns]
+    out = m[["requests", "throughput_per_s", "p50_ms", "p95_ms", *interval]].add_prefix("measured_").join(
         p[["requests", "throughput_per_s", "p50_ms", "p95_ms"]].add_prefix("predicted_"), how="inner").reset_index()
     load = measured[measured["endpoint"] == "all"].set_index("level")["throughput_per_s"] / saturation_per_s
     for level, share in (utilisation or {}).items():

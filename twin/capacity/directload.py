@@ -22,10 +22,11 @@ import json
 import math
 import os
 import threading
+import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from twin.loadtest.httpload import (
     run_load,
     run_open_load,
 )
+from twin.server.auth import ACCESS_LIFETIME_S
 
 DIRECT_ENDPOINTS = ("token", "refresh_context", "episodeofcare_search", "get_patient_procedures",
                     "servicerequest_read", "submit_measurement", "careteam_roster", "task_worklist",
@@ -161,6 +163,26 @@ def build_pools(base: str, sessions: pd.DataFrame, teams: Sequence[int], citizen
             "GET", hostport, f"/careplan/EpisodeOfCare?team=CareTeam/ct-{team}&status=planned,active"
                              "&_include=EpisodeOfCare:condition&_count=100", auth))
     return RequestPools(host, port, pools)
+
+
+class FreshPools:
+    """Pre-built requests whose tokens outlive the run about to use them.
+
+    A pre-built request carries an access token, which the server refuses once it expires
+    (``ACCESS_LIFETIME_S``): a long capacity run (``twin capacity --budget 400``) would measure
+    fast 401s instead of the endpoints. ``get(run_s)`` rebuilds the pools — new logins, new
+    submissions — whenever a run of ``run_s`` seconds would end within ``margin_s`` of the oldest
+    token's expiry."""
+
+    def __init__(self, build: Callable[[], RequestPools], margin_s: float = 30.0) -> None:
+        self.build, self.margin_s = build, margin_s
+        self.pools, self.built_at, self.builds = build(), time.monotonic(), 1
+
+    def get(self, run_s: float) -> RequestPools:
+        if time.monotonic() - self.built_at + run_s > ACCESS_LIFETIME_S - self.margin_s:
+            self.built_at = time.monotonic()  # the tokens' clock starts at the logins, not after them
+            self.pools, self.builds = self.build(), self.builds + 1
+        return self.pools
 
 
 def direct_mix(mix: Mapping[str, float], pools: RequestPools) -> dict[str, float]:

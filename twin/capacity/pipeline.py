@@ -308,11 +308,12 @@ def run_capacity(run: CapacityRun) -> dict:
         try:
             bytes_before, triaged_before = sg.table_bytes(db), cb.triaged_count(server.base_url)
             t = time.monotonic()
-            pools = dl.build_pools(server.base_url, load_sessions, sorted(trace.citizens["team_id"].astype(int).unique()),
-                                   submissions=int(SUBMISSIONS_PER_BUDGET_S * budget), seed=run.seed)
+            teams = sorted(trace.citizens["team_id"].astype(int).unique())
+            fresh = dl.FreshPools(lambda: dl.build_pools(server.base_url, load_sessions, teams, seed=run.seed,
+                                                         submissions=int(SUBMISSIONS_PER_BUDGET_S * budget)))
             # The accuracy runs use the trace's own mix; the calibration adds the polls (a tenth of its
             # requests), so they are measured too: the design loads below are mostly polls.
-            mix = dl.direct_mix(trace_mix, pools)
+            mix = dl.direct_mix(trace_mix, fresh.pools)
             cal_mix = {**{e: 0.9 * v for e, v in mix.items()}, "message_poll": 0.1}
             timings["build_requests"] = round(time.monotonic() - t, 2)
             summary["direct_mix"] = mix
@@ -324,7 +325,7 @@ def run_capacity(run: CapacityRun) -> dict:
             # 1. calibration: a low-rate direct run
             cal_s = SHARES["calibration"] * budget
             c0, w0, t0 = cb.event_loop_cpu_s(pid), cb.TriageWork.read(server.base_url), time.monotonic()
-            cal_req = dl.single_client_run(pools, cal_mix, cal_s, run.seed)
+            cal_req = dl.single_client_run(fresh.get(cal_s), cal_mix, cal_s, run.seed)
             _wait_triage_idle(server.base_url)
             triage = cb.TriageWork.read(server.base_url) - w0
             wall = time.monotonic() - t0
@@ -343,7 +344,7 @@ def run_capacity(run: CapacityRun) -> dict:
                       f"ms per request, overhead {overhead_ms:.2f} ms")
             # 2. closed-loop concurrency sweep: saturation and the USL's points
             step_s = SHARES["sweep"] * budget / len(SWEEP_CONCURRENCY)
-            steps = dl.closed_sweep(pools, mix, SWEEP_CONCURRENCY, step_s, run.seed)
+            steps = dl.closed_sweep(fresh.get(step_s * len(SWEEP_CONCURRENCY)), mix, SWEEP_CONCURRENCY, step_s, run.seed)
             measured_sat_per_s = float(steps["throughput_per_s"].max())
             _say(run, f"capacity {name}: sweep: saturation {measured_sat_per_s:.0f} req/s")
             _wait_triage_idle(server.base_url)
@@ -353,7 +354,8 @@ def run_capacity(run: CapacityRun) -> dict:
             for k, share in enumerate(OPEN_CALIBRATION_SHARES):
                 c0, w0, t0 = cb.event_loop_cpu_s(pid), cb.TriageWork.read(server.base_url), time.monotonic()
                 q0 = cb.event_loop_runqueue_s(pid)
-                req = dl.open_run(pools, mix, share * single_rate_per_s, SHARES["open_calibration"] * budget,
+                req = dl.open_run(fresh.get(SHARES["open_calibration"] * budget), mix, share * single_rate_per_s,
+                                  SHARES["open_calibration"] * budget,
                                   run.seed + 50 + k)
                 _wait_triage_idle(server.base_url)
                 triage_k = cb.TriageWork.read(server.base_url) - w0
@@ -400,7 +402,7 @@ def run_capacity(run: CapacityRun) -> dict:
                 c0, t0, h0 = cb.event_loop_cpu_s(pid), time.monotonic(), cb.server_health(server.base_url)
                 q0 = cb.event_loop_runqueue_s(pid)
                 with cb.LoopCpuSampler(pid) as sampler:
-                    req = dl.open_run(pools, mix, rate_per_s, level_s, run.seed + 100 + k)
+                    req = dl.open_run(fresh.get(level_s), mix, rate_per_s, level_s, run.seed + 100 + k)
                 sampler.frame().to_csv(out / "runs" / f"{label}-loop-cpu.csv", index=False)
                 _wait_triage_idle(server.base_url)
                 level_cpu_s = cb.event_loop_cpu_s(pid) - c0
@@ -427,7 +429,7 @@ def run_capacity(run: CapacityRun) -> dict:
             over_s = SHARES["overload"] * budget
             phases = []
             for k, share in enumerate(OVERLOAD_SHARES):
-                req = dl.open_run(pools, mix, share * open_capacity_per_s, over_s, run.seed + 200 + k)
+                req = dl.open_run(fresh.get(over_s), mix, share * open_capacity_per_s, over_s, run.seed + 200 + k)
                 req.to_csv(out / "runs" / f"overload-{k}.csv", index=False)
                 waited = (req["latency_ms"] + req["lag_ms"]).to_numpy(float)  # from the due time, as a user waits
                 ok = req["ok"].to_numpy() == 1
@@ -466,6 +468,7 @@ def run_capacity(run: CapacityRun) -> dict:
         finally:
             server.stop()
     timings["loadtest_total"] = round(time.monotonic() - started, 2)
+    summary["request_pool_builds"] = fresh.builds  # > 1: a long run logged in again (tokens last 5 min)
 
     # predicted vs measured: levels
     # a level's load is the share of the loop it kept busy (measured), not its planned share: where

@@ -353,6 +353,9 @@ CLOCK_SKEW_S = 60  # tolerated difference between the issuer's clock and ours
 _REQUIRED_CLAIMS = ("iss", "sub", "typ", "iat", "exp", "jti", "user_type", "user_id", "realm_access")
 
 
+ACCESS_LIFETIME_S = 300  # an access token's life: Keycloak's default, as FUT's realms use
+
+
 class TokenService:
     """Issues, verifies and re-scopes tokens for both realms (the twin's Keycloak).
 
@@ -361,7 +364,7 @@ class TokenService:
     seconds (inject a fake one in tests). ``cache_size`` bounds the verified-token cache (0: none).
     """
 
-    def __init__(self, keys: Mapping[str, bytes], url_for: UrlFor, access_lifetime_s: int = 300,
+    def __init__(self, keys: Mapping[str, bytes], url_for: UrlFor, access_lifetime_s: int = ACCESS_LIFETIME_S,
                  refresh_lifetime_s: int = 1800, issuer: str = "http://127.0.0.1:8080/auth",
                  clock: Callable[[], float] = time.time, *, id_of: IdOf = id_from_url,
                  cache_size: int = 4096) -> None:
