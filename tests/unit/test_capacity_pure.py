@@ -233,3 +233,21 @@ def test_fresh_pools_rebuild_before_the_tokens_would_expire_mid_run():
     fresh = FreshPools(lambda: built.append(len(built)) or f"pools-{len(built)}", margin_s=30.0)
     assert fresh.get(60.0) == "pools-1" and fresh.builds == 1  # a minute's run: the tokens outlive it
     assert fresh.get(ACCESS_LIFETIME_S - 10.0) == "pools-2" and fresh.builds == 2  # would outlast them
+
+
+def test_fit_open_demand_is_never_cheaper_than_the_closed_loop_saturation():
+    from twin.capacity.calibrate import fit_open_demand
+
+    idle = 0.05
+    # the cost per request falls with the load: 2.6, 2.2, 2.0 ms at 20, 45, 65 % busy — a line that
+    # extrapolates to 1.45 ms at saturation (an open capacity of 655/s) where the closed loop made 500/s
+    runs = [{"wall_s": 10.0, "requests": n, "cpu_s": 10.0 * (idle + u), "triage_s": 0.0}
+            for n, u in ((770, 0.2), (2045, 0.45), (3250, 0.65))]
+    free = fit_open_demand(runs, idle)
+    assert free["capacity_per_s"] > 600
+    held = fit_open_demand(runs, idle, saturation_per_s=500.0)
+    assert held["per_request_ms"] == pytest.approx(0.95 * 1000 / 500)
+    assert held["capacity_per_s"] == pytest.approx(500.0)
+    assert 0 < held["wake_ms"] < free["wake_ms"]  # the rest of the fall with the load
+    # a floor below the line changes nothing
+    assert fit_open_demand(runs, idle, saturation_per_s=5000.0) == free

@@ -215,7 +215,7 @@ def at_measured_demand(req: pd.DataFrame, cal, cfg: PlatformConfig, overhead_ms:
             "measured_p95_ms": float(np.percentile(ok["latency_ms"], 95))}
 
 
-SERVICE_CV_CANDIDATES = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+SERVICE_CV_CANDIDATES = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 FIT_SEEDS = 3  # model runs per candidate (their median p95): one run's p95 moves by a few percent with the seed
 
 
@@ -365,7 +365,7 @@ def run_capacity(run: CapacityRun) -> dict:
                                       "runqueue_s": cb.event_loop_runqueue_s(pid) - q0})
                 req.to_csv(out / "runs" / f"open-calibration-{k}.csv", index=False)
                 open_cal_req.append(req)
-            open_fit = cb.fit_open_demand(open_cal_runs, idle_rate)
+            open_fit = cb.fit_open_demand(open_cal_runs, idle_rate, measured_sat_per_s)
             lowest = open_cal_req[0]
             # Each endpoint's share of the cost comes from the single client (thousands of requests,
             # every endpoint well sampled; a 4-s open load has a dozen of the rarer ones and must
