@@ -251,3 +251,13 @@ def test_fit_open_demand_is_never_cheaper_than_the_closed_loop_saturation():
     assert 0 < held["wake_ms"] < free["wake_ms"]  # the rest of the fall with the load
     # a floor below the line changes nothing
     assert fit_open_demand(runs, idle, saturation_per_s=5000.0) == free
+
+
+def test_compare_levels_asks_whether_the_prediction_is_within_the_bar_of_the_measured_interval():
+    m = pd.DataFrame([{"endpoint": "all", "requests": 1000, "throughput_per_s": 50.0, "p50_ms": 5.0, "p95_ms": 40.0,
+                       "p95_lo_ms": 30.0, "p95_hi_ms": 60.0, "level": "a"}])
+    p = m.drop(columns=["p95_lo_ms", "p95_hi_ms"]).assign(p95_ms=24.0)  # -40 %: outside the bar …
+    row = cmp.compare_levels(p, m, 100.0).iloc[0]
+    assert not row["within_bar"] and row["within_bar_of_interval"]  # … but within 25 % of 30 ms
+    row = cmp.compare_levels(p.assign(p95_ms=20.0), m, 100.0).iloc[0]
+    assert not row["within_bar_of_interval"]  # 20 < 0.75 x 30

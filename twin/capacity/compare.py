@@ -9,7 +9,8 @@ Every function here is pure (frames in, frames out), so it is tested on syntheti
 * :func:`predicted_by_endpoint` — the same from a :class:`twin.platform.PlatformRun`;
 * :func:`compare_levels` — one row per (level, endpoint): both, relative errors and whether
   the p95 error is inside the bar (``P95_BAR`` ±25 %) at loads up to ``UP_TO_SATURATION`` (80 %) of
-  the measured saturation — above that the bar is not claimed (``judged`` False);
+  the measured saturation — above that the bar is not claimed (``judged`` False) — and, where the
+  measured p95 has an interval, whether the prediction is within the bar of some p95 inside it;
 * :func:`capacity_per_s` — the model's saturation throughput: the request rate at which the
   busiest resource is 100 % busy, from the mean service times and the mix (exact for the model);
 * :func:`step_points` — a step-load log cut into steps: offered rate, completed throughput,
@@ -112,6 +113,11 @@ def compare_levels(predicted: pd.DataFrame, measured: pd.DataFrame, saturation_p
     out["throughput_rel_error"] = out["predicted_throughput_per_s"] / out["measured_throughput_per_s"] - 1.0
     out["judged"] = (out["load_share"] <= UP_TO_SATURATION) & (out["measured_requests"] >= MIN_REQUESTS)
     out["within_bar"] = out["p95_rel_error"].abs() <= P95_BAR
+    if "measured_p95_lo_ms" in out.columns:
+        # Could the model be within the bar of the p95 this load really has, given that the run only
+        # pins its measured p95 down to an interval? (A 6-s level at 80 % knows its p95 to ±50 %.)
+        out["within_bar_of_interval"] = ((out["predicted_p95_ms"] >= (1.0 - P95_BAR) * out["measured_p95_lo_ms"])
+                                         & (out["predicted_p95_ms"] <= (1.0 + P95_BAR) * out["measured_p95_hi_ms"]))
     return out
 
 

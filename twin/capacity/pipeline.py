@@ -497,7 +497,9 @@ def run_capacity(run: CapacityRun) -> dict:
     summary["p95_bar"] = {"bar": cmp.P95_BAR, "levels_judged": int(len(judged)),
                           "levels_within": int(judged["within_bar"].sum()),
                           "endpoint_levels_judged": int(len(judged_ep)),
-                          "endpoint_levels_within": int(judged_ep["within_bar"].sum())}
+                          "endpoint_levels_within": int(judged_ep["within_bar"].sum()),
+                          "levels_within_of_interval": int(judged["within_bar_of_interval"].sum())
+                          if "within_bar_of_interval" in judged else None}
     summary["mix"] = mix
 
     # USL on the sweep (N known exactly: closed loop)
