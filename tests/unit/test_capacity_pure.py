@@ -261,3 +261,12 @@ def test_compare_levels_asks_whether_the_prediction_is_within_the_bar_of_the_mea
     assert not row["within_bar"] and row["within_bar_of_interval"]  # … but within 25 % of 30 ms
     row = cmp.compare_levels(p.assign(p95_ms=20.0), m, 100.0).iloc[0]
     assert not row["within_bar_of_interval"]  # 20 < 0.75 x 30
+
+
+def test_level_rate_moves_the_measured_cost_along_the_wake_up_line():
+    from twin.capacity.pipeline import level_rate_per_s
+
+    # measured 2.09 ms per request at 66 % busy, 1.2 ms more per unit of idle share: 1.922 ms at 80 %
+    rate = level_rate_per_s(0.8, 0.66, 2.09, 1.2, 0.035)
+    assert rate == pytest.approx(0.8 * 0.965 * 1000 / (2.09 - 1.2 * 0.14))
+    assert level_rate_per_s(0.5, 0.5, 2.0, 1.2, 0.0) == pytest.approx(250.0)  # same load: the cost as measured

@@ -246,6 +246,16 @@ def choose_service_cv(runs: Sequence[pd.DataFrame], cal, cfg: PlatformConfig, ov
     return best, {"measured_p95_ms": measured, **{f"cv_{cv:g}_p95_ms": v for cv, v in predicted.items()}}
 
 
+def level_rate_per_s(share: float, measured_utilisation: float, measured_ms: float, wake_ms: float,
+                     fixed_share: float) -> float:
+    """The Poisson rate that keeps the loop ``share`` busy, from a run just measured: its CPU per
+    request (``measured_ms``, at ``measured_utilisation``) moved to the target load along the
+    wake-up line of :func:`twin.capacity.calibrate.fit_open_demand` (a request costs ``wake_ms``
+    more for each unit of idle share), then rate = share x (1 - F) / cost."""
+    cost_ms = max(measured_ms + wake_ms * (measured_utilisation - share), 0.05 * measured_ms)
+    return share * (1.0 - fixed_share) * 1000.0 / cost_ms
+
+
 def open_overhead_ms(lowest: pd.DataFrame, cal, cfg: PlatformConfig, seed: int, floor_ms: float) -> float:
     """The part of an open arrival's latency that never queues on the server's core: mean measured
     latency at the lowest open load less the model's mean there. Back-to-back requests keep client
@@ -393,12 +403,18 @@ def run_capacity(run: CapacityRun) -> dict:
             _say(run, f"capacity {name}: open-model capacity {open_capacity_per_s:.0f} req/s "
                       f"(F {100 * open_fit['fixed_share']:.1f} %, D {open_fit['per_request_ms']:.3f} ms, "
                       f"W {open_fit['wake_ms']:.3f} ms, service cv {service_cv:g})")
-            # 4. open-model levels at shares of that capacity; the model runs on the same arrivals
+            # 4. open-model levels at shares of that capacity; the model runs on the same arrivals and
+            #    predicts them from the calibration alone. Only the *placement* of a level uses what
+            #    the level before it measured: the machine's speed drifts by a fifth within minutes,
+            #    and an "80 %" level aimed with a demand measured minutes earlier ran at 92-95 %.
             level_s = SHARES["level"] * budget
             measured, predicted, runs = [], [], []
+            placed_by: tuple[float, float] | None = None  # (utilisation, CPU ms per request) of the level before
             for k, share in enumerate(LEVEL_SHARES):
                 label = f"open-{round(share * 100)}pct"
                 rate_per_s = share * open_capacity_per_s
+                if placed_by is not None:
+                    rate_per_s = level_rate_per_s(share, *placed_by, open_fit["wake_ms"], open_fit["fixed_share"])
                 c0, t0, h0 = cb.event_loop_cpu_s(pid), time.monotonic(), cb.server_health(server.base_url)
                 q0 = cb.event_loop_runqueue_s(pid)
                 with cb.LoopCpuSampler(pid) as sampler:
@@ -413,6 +429,8 @@ def run_capacity(run: CapacityRun) -> dict:
                 measured.append(cmp.measured_by_endpoint(req, 0.0, level_s).assign(level=label))
                 predicted.append(predict_on(req, open_cal, model_cfg, open_overhead, run.seed).assign(level=label))
                 level_request_cpu_s = level_cpu_s - idle_rate * level_s - level_triage.busy_s
+                if level_request_cpu_s > 0 and len(req):
+                    placed_by = (level_cpu_s / level_s, 1000.0 * level_request_cpu_s / len(req))
                 runs.append({"label": label, "share": share, "rate_per_s": rate_per_s, "requests": int(len(req)),
                              "failed": int((req["ok"] == 0).sum()),
                              "event_loop_cpu_ms_per_request": 1000 * level_cpu_s / max(len(req), 1),
