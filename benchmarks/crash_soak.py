@@ -152,7 +152,10 @@ def audit_submissions(probe: Probe, patients: list[str]) -> Counter:
     """Audit rows of ``$submit-measurement`` per patient, whatever the audit tables' layout."""
     marks = ",".join("?" * len(patients))
     if "audit_patient" in probe.tables():
-        rows = probe.fetch(f"SELECT p.patient, COUNT(*) FROM audit_patient p JOIN audit_request r ON r.id = p.request "
+        # SQLite's requests write their keys to the log (every key is there; the by-patient index
+        # is a copy), PostgreSQL's to audit_patient
+        keys = "audit_patient_log" if "audit_patient_log" in probe.tables() else "audit_patient"
+        rows = probe.fetch(f"SELECT p.patient, COUNT(*) FROM {keys} p JOIN audit_request r ON r.id = p.request "
                            f"WHERE r.action = 'C' AND r.subtype = '$submit-measurement' AND p.patient IN ({marks}) "
                            "GROUP BY p.patient", *patients)
     else:

@@ -26,7 +26,7 @@ async def _migrate_and_read(path: str) -> tuple[list, list]:
         await storage.migrate()  # safe to repeat
         async with storage.transaction() as tx:
             requests = await tx.fetch("SELECT id, at, trace_id, action, resource_type FROM audit_request ORDER BY id")
-            patients = await tx.fetch("SELECT patient, at, request FROM audit_patient ORDER BY request, patient")
+        patients = await storage.fetch_audit("SELECT patient, at, request FROM {by_request} p ORDER BY request, patient")
         return requests, patients
     finally:
         await storage.close()
@@ -65,9 +65,77 @@ def test_audit_writes_one_request_row_and_one_key_per_patient(tmp_path):
                                 "$submit-measurement", "Bundle", None, None), ["p-1"])
             async with storage.transaction() as tx:
                 n_requests = (await tx.fetch("SELECT COUNT(*) FROM audit_request"))[0][0]
-                by_patient = await tx.fetch("SELECT patient, COUNT(*) FROM audit_patient GROUP BY patient ORDER BY 1")
+            by_patient = await storage.fetch_audit("SELECT patient, COUNT(*) FROM {by_patient} p GROUP BY patient ORDER BY 1")
             return n_requests, by_patient
 
     n_requests, by_patient = _run(go())
     assert n_requests == 2
     assert by_patient == [("p-1", 2), ("p-2", 1), ("p-3", 1)]
+
+
+def _audit(tx, n: int, patients: list[str]):
+    return tx.audit((f"2026-01-01T08:00:{n:02d}.000+00:00", f"t{n}", "PRACTITIONER", "pr-0-0", "org-1", "R", "search",
+                     "Task", None, "q"), patients)
+
+
+def test_by_patient_index_is_copied_in_bulk_and_reads_see_what_it_has_not_copied_yet(tmp_path):
+    from twin.server import audit_index
+
+    async def go():
+        async with migrated_sqlite(tmp_path / "idx.db") as storage:
+            storage.audit_indexer.stop()  # copy by hand, so the test knows what is copied when
+            for n in range(3):
+                async with storage.transaction() as tx:
+                    await _audit(tx, n, ["p-1", f"p-{n + 2}"])
+            read = lambda: storage.fetch_audit(  # noqa: E731
+                "SELECT p.patient, r.trace_id FROM {by_patient} p JOIN audit_request r ON r.id = p.request "
+                "WHERE p.patient = ? ORDER BY p.at", ["p-1"])
+            before = await read()  # nothing copied: all from the log
+            conn = audit_index.open_index(storage.path)
+            try:
+                assert audit_index.copy_pending(conn, chunk_requests=2) == 2  # chunked: two requests …
+                middle = await read()  # … two from the index, one from the log
+                assert audit_index.copy_pending(conn) == 1
+                assert audit_index.copy_pending(conn) == 0  # nothing new
+                copied = conn.execute("SELECT patient, request FROM audit_patient ORDER BY patient, request").fetchall()
+            finally:
+                conn.close()
+            after = await read()
+            async with storage.transaction() as tx:
+                await _audit(tx, 9, ["p-1"])
+            newest = await read()
+            return before, middle, after, copied, newest
+
+    before, middle, after, copied, newest = _run(go())
+    assert before == middle == after == [("p-1", "t0"), ("p-1", "t1"), ("p-1", "t2")]
+    assert [p for p, _ in copied] == ["p-1", "p-1", "p-1", "p-2", "p-3", "p-4"]  # each key once, patient order
+    assert newest == after + [("p-1", "t9")]  # logged after the last copy: read from the log
+
+
+def test_a_lost_index_file_is_rebuilt_from_the_log(tmp_path):
+    import os
+
+    from twin.server import audit_index
+
+    async def go():
+        path = tmp_path / "lost.db"
+        async with migrated_sqlite(path) as storage:
+            storage.audit_indexer.stop()
+            async with storage.transaction() as tx:
+                await _audit(tx, 1, ["p-1", "p-2"])
+            conn = audit_index.open_index(storage.path)
+            audit_index.copy_pending(conn)
+            conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(audit_index.index_path(str(path)) + suffix):
+                os.remove(audit_index.index_path(str(path)) + suffix)
+        async with migrated_sqlite(path) as storage:
+            storage.audit_indexer.stop()
+            conn = audit_index.open_index(storage.path)
+            rebuilt = audit_index.copy_pending(conn)
+            conn.close()
+            keys = await storage.fetch_audit("SELECT patient FROM {by_patient} p ORDER BY patient")
+        return rebuilt, keys
+
+    rebuilt, keys = _run(go())
+    assert rebuilt == 1 and keys == [("p-1",), ("p-2",)]

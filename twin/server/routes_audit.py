@@ -192,8 +192,10 @@ _COLUMNS = ("r.at, r.trace_id, r.user_type, r.user_id, r.org, r.action, r.subtyp
             "r.resource_id, r.query")
 # An audit event is a request joined with one patient it touched (or with none: user management).
 # With a patient, the search starts from that patient's keys; without, from the requests.
-_FROM_PATIENT = " FROM audit_patient p JOIN audit_request r ON r.id = p.request"
-_FROM_REQUESTS = " FROM audit_request r LEFT JOIN audit_patient p ON p.request = r.id"
+# ``{by_patient}`` and ``{by_request}`` are the storage's sources of (patient, at, request) keys
+# in those orders (Storage.fetch_audit; on SQLite two different ones: twin.server.audit_index).
+_FROM_PATIENT = " FROM {by_patient} p JOIN audit_request r ON r.id = p.request"
+_FROM_REQUESTS = " FROM audit_request r LEFT JOIN {by_request} p ON p.request = r.id"
 
 
 async def search_audit_events(self: Service, request: Request) -> Response:
@@ -227,14 +229,14 @@ async def search_audit_events(self: Service, request: Request) -> Response:
         count, offset = page_count(q), page_offset(q)
         sql_where = f" WHERE {' AND '.join(where)}" if where else ""
         source = _FROM_PATIENT if patient is not None else _FROM_REQUESTS
-        total = int((await tx.fetch(f"SELECT COUNT(*){source}{sql_where}", params))[0][0])
-        rows = await tx.fetch(f"SELECT {_COLUMNS}{source}{sql_where} ORDER BY {at} {direction}, "
-                              f"r.trace_id {direction}, COALESCE(p.patient, '') {direction} LIMIT ? OFFSET ?",
-                              [*params, count, offset])
-        # Reading the audit trail writes no audit rows per patient. Audit rows are not patient data,
-        # and an audit of audit reads would grow the table it reads with every search (a search over
-        # N patients adds N rows), and show in each citizen's MinLog as if the auditor had opened
-        # their health record.
+    total = int((await self.storage.fetch_audit(f"SELECT COUNT(*){source}{sql_where}", params))[0][0])
+    rows = await self.storage.fetch_audit(f"SELECT {_COLUMNS}{source}{sql_where} ORDER BY {at} {direction}, "
+                                          f"r.trace_id {direction}, COALESCE(p.patient, '') {direction} "
+                                          "LIMIT ? OFFSET ?", [*params, count, offset])
+    # Reading the audit trail writes no audit rows per patient. Audit rows are not patient data,
+    # and an audit of audit reads would grow the table it reads with every search (a search over
+    # N patients adds N rows), and show in each citizen's MinLog as if the auditor had opened
+    # their health record.
     entries = []
     for row in rows:
         event = audit_event(self.refs, row)
