@@ -17,11 +17,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from twin.server.audit_index import index_path
+
 GB = 1e9
 
 
 def table_bytes(db_path: str | Path) -> dict[str, int]:
-    """Bytes used per table/index of an SQLite database (``dbstat``), grouped ``audit`` / ``data``."""
+    """Bytes used per table/index of an SQLite database (``dbstat``), grouped ``audit`` / ``data``;
+    the audit trail's by-patient index file beside it (twin.server.audit_index) counts as audit."""
     with sqlite3.connect(f"file:{Path(db_path)}?mode=ro", uri=True) as con:
         rows = con.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name").fetchall()
         # an index belongs to its table's group
@@ -30,6 +33,10 @@ def table_bytes(db_path: str | Path) -> dict[str, int]:
     for name, size in rows:
         table = owner.get(name, name)
         out["audit" if table.startswith("audit") else "data"] += int(size or 0)
+    index = Path(index_path(str(db_path)))
+    if index.is_file():
+        with sqlite3.connect(f"file:{index}?mode=ro", uri=True) as con:
+            out["audit"] += int(con.execute("SELECT COALESCE(SUM(pgsize), 0) FROM dbstat").fetchone()[0])
     return out
 
 
