@@ -22,11 +22,13 @@ core); Locust replays the trace itself once, for realism.
    :func:`twin.capacity.calibrate.fit_open_demand`), hence the open-model capacity (1 − F) / D and
    ``calibration_open.json`` (the single client's per-endpoint costs scaled to D, and W). The
    lowest load also gives the part of an open arrival's latency that never queues (client and
-   loopback wake-ups), and the highest the service times' variability under load (their cv, the
-   candidate whose model p95 is closest to that run's: :func:`choose_service_cv`);
-4. **open levels** — Poisson arrivals at ``LEVEL_SHARES`` of that capacity; the platform model runs
-   on *exactly those arrivals* and its p50/p95 are compared per endpoint (the bar: ±25 % at loads
-   up to 80 % of saturation). Locust also replays the peak window through the real call
+   loopback wake-ups), and the two upper ones the service times' variability under load (their
+   cv, the candidate whose model p95s come closest to those runs': :func:`choose_service_cv`);
+4. **open levels** — Poisson arrivals at ``LEVEL_SHARES`` of that capacity (the second and third
+   placed with the cost per request the level before measured: :func:`level_rate_per_s`); the
+   platform model runs on *exactly those arrivals* and its p50/p95 are compared per endpoint (the
+   bar: ±25 % at loads up to 80 % of saturation, a level's load being the loop's measured busy
+   share; beside it, the measured p95's 95 % interval). Locust also replays the peak window through the real call
    sequences at ~20 %, shown beside the model, not judged (Locust's own client time differs);
 5. **overload** — Poisson load at twice the open-model capacity, then half: the share shed with
    503, the p95 of what was admitted, and whether it recovers;
