@@ -72,8 +72,9 @@ def test_health_and_metadata(server):
         assert len(health["gc"]["collections"]) == 3 and health["gc"]["frozen_objects"] > 0
         if health["database"] == "sqlite":
             assert health["sqlite_commits"]["commits"] > 0  # its start-up and logins wrote already
+            assert health["audit_index"]["behind_requests"] >= 0 and health["audit_index"]["copied_requests"] >= 0
         else:
-            assert health["sqlite_commits"] is None
+            assert health["sqlite_commits"] is None and health["audit_index"] is None
         r = c.get("/metadata")
         assert r.status_code == 200
         CapabilityStatement.model_validate(r.json())

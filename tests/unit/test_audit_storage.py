@@ -101,8 +101,10 @@ def test_by_patient_index_is_copied_in_bulk_and_reads_see_what_it_has_not_copied
             finally:
                 conn.close()
             after = await read()
+            assert (await storage.audit_index_stats())["behind_requests"] == 0
             async with storage.transaction() as tx:
                 await _audit(tx, 9, ["p-1"])
+            assert (await storage.audit_index_stats())["behind_requests"] == 1
             newest = await read()
             return before, middle, after, copied, newest
 

@@ -96,6 +96,7 @@ def create_app(settings: Settings) -> Starlette:
                              "triage_busy_s": round(service.triage.busy_s, 6), "triage_batches": service.triage.batches,
                              "gc": gc_pauses.RECORDER.stats(),
                              "sqlite_commits": service.storage.commit_stats(),
+                             "audit_index": await service.storage.audit_index_stats(),
                              "admission": service.admission.stats() if service.admission else None})
 
     async def metadata(request: Request) -> Response:

@@ -327,6 +327,11 @@ class Storage:
         async with self.transaction() as tx:
             return await tx.fetch(sql.format(by_patient="audit_patient", by_request="audit_patient"), params)
 
+    async def audit_index_stats(self) -> dict | None:
+        """SQLite's by-patient audit index: requests copied by this process, requests logged but
+        not copied yet (twin.server.audit_index); None where there is no such index."""
+        return None
+
     def commit_stats(self) -> dict | None:
         """How the database's COMMITs held the event loop (SQLite's run on it); None where they don't."""
         return None
@@ -460,6 +465,11 @@ class SqliteStorage(Storage):
             log.warning("final checkpoint failed", exc_info=True)
         finally:
             conn.close()
+
+    async def audit_index_stats(self) -> dict:
+        behind = (await self.fetch_audit("SELECT COALESCE((SELECT MAX(request) FROM audit_patient_log), 0) "
+                                         "- (SELECT upto FROM idx.state)"))[0][0]
+        return {"copied_requests": self.audit_indexer.copied_requests, "behind_requests": max(int(behind), 0)}
 
     async def fetch_audit(self, sql: str, params: Sequence = ()) -> list[tuple]:
         """An audit search (see Storage.fetch_audit): by patient from the index up to its watermark
