@@ -141,3 +141,35 @@ def test_a_lost_index_file_is_rebuilt_from_the_log(tmp_path):
 
     rebuilt, keys = _run(go())
     assert rebuilt == 1 and keys == [("p-1",), ("p-2",)]
+
+
+def test_copying_never_takes_the_service_databases_write_lock(tmp_path):
+    from twin.server import audit_index
+
+    async def go():
+        path = tmp_path / "lock.db"
+        async with migrated_sqlite(path) as storage:
+            storage.audit_indexer.stop()
+            async with storage.transaction() as tx:
+                await _audit(tx, 1, ["p-1"])
+        conn = audit_index.open_index(str(path))
+        try:
+            audit_index.begin_copy(conn)  # what copy_pending holds while it copies
+            conn.execute("INSERT OR IGNORE INTO audit_patient SELECT patient, at, request FROM main_db.audit_patient_log")
+            service = sqlite3.connect(path, isolation_level=None, timeout=0)
+            service.execute("BEGIN IMMEDIATE")  # the service can still write: no "database is locked"
+            service.execute("ROLLBACK")
+            service.close()
+            second = sqlite3.connect(audit_index.index_path(str(path)), isolation_level=None, timeout=0)
+            try:
+                second.execute("BEGIN IMMEDIATE")  # but a second copier waits for the first
+                raise AssertionError("a second copier got the index's write lock")
+            except sqlite3.OperationalError as exc:
+                assert "locked" in str(exc)
+            finally:
+                second.close()
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+
+    _run(go())

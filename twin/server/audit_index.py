@@ -60,12 +60,22 @@ def open_index(database_path: str) -> sqlite3.Connection:
     return conn
 
 
+def begin_copy(conn: sqlite3.Connection) -> None:
+    """Start a copy: a transaction holding the *index's* write lock only. ``BEGIN IMMEDIATE`` would
+    take the write lock of every attached database — the service's too, holding every request
+    for the whole copy; a deferred transaction whose first statement writes the index locks the
+    index alone and reads the service's database from a WAL snapshot, which blocks no writer.
+    A second copier (another worker process) waits here for the first."""
+    conn.execute("BEGIN")
+    conn.execute("UPDATE state SET upto = upto")
+
+
 def copy_pending(conn: sqlite3.Connection, chunk_requests: int = CHUNK_REQUESTS) -> int:
     """One transaction: the keys of the next ``chunk_requests`` logged requests above the
     watermark, copied in patient order, and the watermark moved past them. Returns how many
-    requests it covered (0: nothing new). Safe beside another copier (another worker process):
-    the watermark is read inside the write transaction."""
-    conn.execute("BEGIN IMMEDIATE")
+    requests it covered (0: nothing new). Safe beside another copier: the watermark is read
+    under the index's write lock (:func:`begin_copy`)."""
+    begin_copy(conn)
     try:
         upto = conn.execute("SELECT upto FROM state").fetchone()[0]
         last = conn.execute("SELECT MAX(request) FROM main_db.audit_patient_log").fetchone()[0]
