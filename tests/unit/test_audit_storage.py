@@ -4,9 +4,12 @@ one-table audit of earlier versions (SQLite; the server tests cover PostgreSQL t
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 
 from tests.unit.sqlite_storage import migrated_sqlite
+from twin.server import audit_index
 from twin.server.storage import Storage
 
 OLD_AUDIT = """CREATE TABLE audit (
@@ -73,17 +76,31 @@ def test_audit_writes_one_request_row_and_one_key_per_patient(tmp_path):
     assert by_patient == [("p-1", 2), ("p-2", 1), ("p-3", 1)]
 
 
+@contextlib.asynccontextmanager
+async def _copied_by_hand(path):
+    """A migrated SQLite storage whose copier thread is stopped: the test copies when it says."""
+    async with migrated_sqlite(path) as storage:
+        storage.audit_indexer.stop()
+        yield storage
+
+
+def _copy(path) -> int:
+    """One copy_pending pass on a fresh connection to the index; the requests it covered."""
+    conn = audit_index.open_index(str(path))
+    try:
+        return audit_index.copy_pending(conn)
+    finally:
+        conn.close()
+
+
 def _audit(tx, n: int, patients: list[str]):
     return tx.audit((f"2026-01-01T08:00:{n:02d}.000+00:00", f"t{n}", "PRACTITIONER", "pr-0-0", "org-1", "R", "search",
                      "Task", None, "q"), patients)
 
 
 def test_by_patient_index_is_copied_in_bulk_and_reads_see_what_it_has_not_copied_yet(tmp_path):
-    from twin.server import audit_index
-
     async def go():
-        async with migrated_sqlite(tmp_path / "idx.db") as storage:
-            storage.audit_indexer.stop()  # copy by hand, so the test knows what is copied when
+        async with _copied_by_hand(tmp_path / "idx.db") as storage:
             for n in range(3):
                 async with storage.transaction() as tx:
                     await _audit(tx, n, ["p-1", f"p-{n + 2}"])
@@ -115,27 +132,17 @@ def test_by_patient_index_is_copied_in_bulk_and_reads_see_what_it_has_not_copied
 
 
 def test_a_lost_index_file_is_rebuilt_from_the_log(tmp_path):
-    import os
-
-    from twin.server import audit_index
-
     async def go():
         path = tmp_path / "lost.db"
-        async with migrated_sqlite(path) as storage:
-            storage.audit_indexer.stop()
+        async with _copied_by_hand(path) as storage:
             async with storage.transaction() as tx:
                 await _audit(tx, 1, ["p-1", "p-2"])
-            conn = audit_index.open_index(storage.path)
-            audit_index.copy_pending(conn)
-            conn.close()
+            _copy(path)
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(audit_index.index_path(str(path)) + suffix):
                 os.remove(audit_index.index_path(str(path)) + suffix)
-        async with migrated_sqlite(path) as storage:
-            storage.audit_indexer.stop()
-            conn = audit_index.open_index(storage.path)
-            rebuilt = audit_index.copy_pending(conn)
-            conn.close()
+        async with _copied_by_hand(path) as storage:
+            rebuilt = _copy(path)
             keys = await storage.fetch_audit("SELECT patient FROM {by_patient} p ORDER BY patient")
         return rebuilt, keys
 
@@ -144,14 +151,10 @@ def test_a_lost_index_file_is_rebuilt_from_the_log(tmp_path):
 
 
 def test_copying_never_takes_the_service_databases_write_lock(tmp_path):
-    from twin.server import audit_index
-
     async def go():
         path = tmp_path / "lock.db"
-        async with migrated_sqlite(path) as storage:
-            storage.audit_indexer.stop()
-            async with storage.transaction() as tx:
-                await _audit(tx, 1, ["p-1"])
+        async with _copied_by_hand(path) as storage, storage.transaction() as tx:
+            await _audit(tx, 1, ["p-1"])
         conn = audit_index.open_index(str(path))
         try:
             audit_index.begin_copy(conn)  # what copy_pending holds while it copies

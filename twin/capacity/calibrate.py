@@ -194,8 +194,9 @@ def direct_calibration(requests: pd.DataFrame, server_cpu_s: float, idle_cpu_s: 
     The server's CPU during the run, less its idle CPU, less the triage worker's measured time, is
     the CPU the requests used; the triage's time per submission is the model's triage job. A
     request's latency is its CPU plus a part that never queues on the server's core: the client
-    and the loopback network. That part is taken as the same for every request: ``overhead_ms = (Σ latency − request CPU) / requests``. Each endpoint's samples minus
-    the overhead are its CPU service times; the overhead is kept in the calibration's details and
+    and the loopback network. That part is taken as the same for every request:
+    ``overhead_ms = (Σ latency − request CPU) / requests``. Each endpoint's samples minus the
+    overhead are its CPU service times; the overhead is kept in the calibration's details and
     added back to predicted latencies, since the measured ones include it."""
     ok = requests[requests["ok"] == 1]
     if len(ok) < MIN_SAMPLES:

@@ -121,13 +121,18 @@ def compare_levels(predicted: pd.DataFrame, measured: pd.DataFrame, saturation_p
     return out
 
 
+def mix_cpu_ms(calibration: PlatformCalibration, mix: Mapping[str, float]) -> float:
+    """The calibration's mean CPU service time of a request of ``mix`` (ms)."""
+    return sum(share * calibration.endpoint(n).cpu_ms.mean_ms for n, share in mix.items())
+
+
 def capacity_per_s(calibration: PlatformCalibration, config: PlatformConfig, mix: Mapping[str, float]) -> dict:
     """The model's saturation: request rate at which its busiest resource is fully busy.
 
     Per request of the mix, a core is busy for the CPU part (plus the DB part when the database
     runs on the app's cores) plus the submission's triage and audit jobs; a DB connection for the
     DB part. Returns the rate per resource and the bottleneck (the smallest)."""
-    cpu = sum(share * calibration.endpoint(n).cpu_ms.mean_ms for n, share in mix.items())
+    cpu = mix_cpu_ms(calibration, mix)
     db = sum(share * calibration.endpoint(n).db_ms.mean_ms for n, share in mix.items())
     submit = mix.get("submit_measurement", 0.0)
     async_ms = submit * (calibration.triage_worker_ms.mean_ms + calibration.audit_write_ms.mean_ms)

@@ -191,16 +191,11 @@ def predict_on(requests: pd.DataFrame, cal, cfg: PlatformConfig, overhead_ms: fl
     return cmp.predicted_by_endpoint(pr)
 
 
-def mix_mean_ms(cal, mix: dict[str, float]) -> float:
-    """The calibration's mean CPU per request of ``mix`` (ms)."""
-    return sum(share * cal.endpoint(e).cpu_ms.mean_ms for e, share in mix.items() if e in cal.endpoints)
-
-
 def at_demand(cal, mix: dict[str, float], demand_ms: float, note: str):
     """The calibration with its CPU service times scaled so that a request of ``mix`` costs
     ``demand_ms`` on average (shape kept), without the wake-up term: a demand measured under
     load already holds the wake-ups of that load."""
-    return replace(cb.scale_calibration(cal, demand_ms / mix_mean_ms(cal, mix), note), wake_ms=0.0)
+    return replace(cb.scale_calibration(cal, demand_ms / cmp.mix_cpu_ms(cal, mix), note), wake_ms=0.0)
 
 
 def at_measured_demand(req: pd.DataFrame, cal, cfg: PlatformConfig, overhead_ms: float, seed: int,
@@ -373,7 +368,7 @@ def run_capacity(run: CapacityRun) -> dict:
             measured_sat_per_s = float(steps["throughput_per_s"].max())
             _say(run, f"capacity {name}: sweep: saturation {measured_sat_per_s:.0f} req/s")
             _wait_triage_idle(server.base_url)
-            # 3. open-model calibration: two low open loads (operational analysis of the loop's CPU)
+            # 3. open-model calibration: three low open loads (operational analysis of the loop's CPU)
             single_rate_per_s = len(cal_req) / cal_s
             open_cal_runs, open_cal_req = [], []
             for k, share in enumerate(OPEN_CALIBRATION_SHARES):
@@ -398,7 +393,7 @@ def run_capacity(run: CapacityRun) -> dict:
             # shows 1.0-4.3 ms). Their mean is set to the operational analysis' cost per request,
             # stretched by the loop's share F; their spread under load is fitted below.
             open_demand_ms = open_fit["per_request_ms"] / (1.0 - open_fit["fixed_share"])
-            factor = open_demand_ms / mix_mean_ms(cal, mix)
+            factor = open_demand_ms / cmp.mix_cpu_ms(cal, mix)
             open_cal = at_demand(cal, mix, open_demand_ms,
                                  f"open-model: {open_fit['per_request_ms']:.3f} ms per request + "
                                  f"{open_fit['wake_ms']:.3f} ms when it finds the loop idle (fit_open_demand), "
