@@ -7,7 +7,7 @@ citizens submit back to back, SIGKILL the server a random 0.3-1.5 s after the fi
 database, wait (bounded) until its triage worker has drained the outbox, and check:
 
 - every submission answered 201 (or 200-duplicate) is stored — each of its locations resolves over
-  HTTP — exactly once (one row per entry identifier, one Provenance), triaged exactly once (one
+  HTTP — exactly once (one row per entry identifier, one Provenance naming them), triaged exactly once (one
   triage ClinicalImpression naming its resources, one Task on that), and audited (an audit row of
   action C for its patient: the audit rows of ``$submit-measurement`` per patient equal its stored
   submissions);
@@ -171,14 +171,24 @@ def verify(probe: Probe, base_url: str, sent: list[Sent], tokens: dict[int, str]
     res.broken += [f"answer {s.status} for a valid submission" for s in sent if s.status not in (None, 200, 201)]
     patients = [f"p-{n}" for n in citizens]
     marks = ",".join("?" * len(patients))
+    provenances = probe.fetch(f"SELECT ident, body FROM resources WHERE type = 'Provenance' AND patient IN ({marks})",
+                              *patients)
+    # a stored entry's client identifier: the Provenance's target names it (older versions kept it
+    # in the row's ident column; a row no Provenance names falls back to its body's identifier)
+    named = {t["reference"]: (t.get("identifier") or {}).get("value")
+             for _ident, body in provenances for t in json.loads(body).get("target", [])}
+
+    def client_ident(type_: str, id_: str, ident: str | None, body: str) -> str | None:
+        url = fr.Refs(base_url).url(type_, id_)
+        return ident or named.get(url) or ((json.loads(body).get("identifier") or [{}])[0].get("value"))
+
     # every row of a submitted resource type for these citizens, by identifier
-    rows = probe.fetch(f"SELECT type, id, ident, body FROM resources WHERE type IN ('Observation', 'QuestionnaireResponse') "
-                       f"AND patient IN ({marks})", *patients)
+    rows = [(t, i, client_ident(t, i, ident, body)) for t, i, ident, body in probe.fetch(
+        f"SELECT type, id, ident, body FROM resources WHERE type IN ('Observation', 'QuestionnaireResponse') "
+        f"AND patient IN ({marks})", *patients)]
     by_ident = Counter(r[2] for r in rows)
     url_of = {r[2]: fr.Refs(base_url).url(r[0], r[1]) for r in rows}
     res.duplicated += sum(1 for n in by_ident.values() if n > 1)
-    provenances = probe.fetch(f"SELECT ident, body FROM resources WHERE type = 'Provenance' AND patient IN ({marks})",
-                              *patients)
     prov_by_ident = Counter(p[0] for p in provenances)
     res.duplicated += sum(1 for n in prov_by_ident.values() if n > 1)
     targets = Counter()

@@ -59,8 +59,15 @@ from twin.server.search import (
     storage_instant,
 )
 from twin.server.service import Service, fhir_response, now_iso, page_count, page_offset, page_url, read_json
-from twin.server.storage import Filter, new_id
-from twin.server.submission import BY_CODE, check_submission, parse_submission, store_rows, triage_input
+from twin.server.storage import Filter, Row, new_id
+from twin.server.submission import (
+    BY_CODE,
+    check_submission,
+    parse_submission,
+    store_rows,
+    submission_key,
+    triage_input,
+)
 
 
 async def submit_measurement(self: Service, request: Request) -> Response:
@@ -73,9 +80,9 @@ async def submit_measurement(self: Service, request: Request) -> Response:
     # unique identifier index; `guarded` then runs this handler again, which answers 200 as a
     # resubmission. Either way the submission is stored once.
     async with self.storage.transaction() as tx:
-        existing = await tx.get_by_ident(entries[0]["resource"]["resourceType"], idents[:1])
+        existing = await tx.get_by_ident("Provenance", [submission_key(idents)])
         if existing:
-            return await _already_submitted(self, tx, claims, idents)
+            return await _already_submitted(self, tx, claims, idents, existing[0])
         plan = await check_submission(entries, idents, claims, tx, self.refs)
         rows, locations = store_rows(plan, self.refs, now)
         await tx.insert(rows)
@@ -87,13 +94,25 @@ async def submit_measurement(self: Service, request: Request) -> Response:
     self.triage.wake.set()
     return fhir_response(fr.bundle_transaction_response([(loc, now, "201 Created") for loc in locations]), 201)
 
-async def _already_submitted(self: Service, tx, claims: auth.Claims, idents: list[str]) -> Response:
+
+async def _already_submitted(self: Service, tx, claims: auth.Claims, idents: list[str], provenance: Row) -> Response:
+    """The answer to a resubmission: the stored submission's locations, in the order of ``idents``;
+    409 if the stored submission that shares the first identifier is not this one."""
+    by_id: dict[str, tuple[str, str]] = {}  # resource id -> (type, the client's identifier)
+    for target in jsonfast.loads(provenance.body).get("target") or []:
+        try:
+            type_, id_ = self.refs.parse(target.get("reference"))
+        except ValueError:
+            continue
+        by_id[id_] = (type_, (target.get("identifier") or {}).get("value"))
     rows = []
     for t in ("Observation", "QuestionnaireResponse"):
-        rows += await tx.get_by_ident(t, idents)
-    by_ident = {r.ident: r for r in rows}
-    if len(by_ident) != len(idents) or any(claims.user_type == "PATIENT" and r.patient != claims.context.patient_id
-                                           for r in rows):
+        rows += await tx.search(t, [Filter("id", "in", [i for i, (ty, _) in by_id.items() if ty == t])],
+                                limit=len(by_id))
+    # a submission stored before the Provenance named the identifiers kept them in the ident column
+    by_ident = {by_id[r.id][1] or r.ident: r for r in rows}
+    if (set(by_ident) != set(idents) or len(rows) != len(idents)
+            or (claims.user_type == "PATIENT" and provenance.patient != claims.context.patient_id)):
         raise FhirError(409, "MEASUREMENT_SUBMITMEASUREMENT_CONFLICTING_RESUBMISSION",
                         "some of these resources were submitted before, in another submission", "conflict")
     entries = [(f"{self.refs.url(by_ident[i].type, by_ident[i].id)}/_history/{by_ident[i].version}",

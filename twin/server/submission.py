@@ -10,7 +10,11 @@ references rewritten from ``urn:uuid:`` to absolute URLs), the implicit Provenan
 outbox row that makes the triage happen, and the audit row.
 
 Resubmitting the same submission (same entry identifiers, e.g. a retry after a lost answer) stores
-nothing new: the answer says it already exists and gives the original locations.
+nothing new: the answer says it already exists and gives the original locations. The submission is
+keyed once, by its Provenance (:func:`submission_key`, unique in the database), whose ``target``
+references also carry the client's identifier of each entry — so the resubmission's answer and its
+conflict check read one row; the Observations themselves keep the identifiers in their bodies only
+(six random index keys per submission cost half of its COMMIT).
 """
 
 from __future__ import annotations
@@ -299,6 +303,11 @@ def _utc(value: str) -> str:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.UTC).isoformat()
 
 
+def submission_key(idents: list[str]) -> str:
+    """The unique key of a submission: its first entry's identifier (a client's retry repeats it)."""
+    return f"provenance:{idents[0]}"
+
+
 def store_rows(plan: Plan, refs, now: str) -> tuple[list[Row], list[str]]:
     """Rows for the submitted resources plus their Provenance; returns rows and response locations."""
     ids = {e["fullUrl"]: new_id() for e in plan.entries}
@@ -317,16 +326,17 @@ def store_rows(plan: Plan, refs, now: str) -> tuple[list[Row], list[str]]:
         effective = _utc(r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start") or r.get("authored"))
         code = ((r.get("code") or {}).get("coding") or [{}])[0].get("code")
         rows.append(Row(r["resourceType"], id_, 1, now, plan.patient_id, plan.episode_id, plan.team_id, plan.org_id,
-                        r.get("status"), code, effective, None, ident, text))
+                        r.get("status"), code, effective, None, None, text))
         locations.append(f"{urls[e['fullUrl']]}/_history/1")
     prov_id = new_id()
     provenance = {
         "resourceType": "Provenance", "id": prov_id, "meta": {"versionId": "1", "lastUpdated": now},
-        "target": [{"reference": urls[e["fullUrl"]]} for e in plan.entries],
+        "target": [{"reference": urls[e["fullUrl"]], "identifier": {"system": "urn:ietf:rfc:3986", "value": ident}}
+                   for e, ident in zip(plan.entries, plan.idents, strict=True)],
         "recorded": now,
         "policy": ["http://ehealth.sundhed.dk/policy/coherent-submitted-measurement"],
         "agent": [{"who": {"reference": refs.url("Patient", plan.patient_id)}}],
     }
     rows.append(Row("Provenance", prov_id, 1, now, plan.patient_id, plan.episode_id, plan.team_id, plan.org_id, None,
-                    None, now, None, f"provenance:{plan.idents[0]}", jsonfast.dumps(provenance)))
+                    None, now, None, submission_key(plan.idents), jsonfast.dumps(provenance)))
     return rows, locations
