@@ -40,6 +40,23 @@ def _label(frame: str) -> str:
     return f"{func} ({where.split(':')[0].rsplit('/', 1)[-1]})" if where else func
 
 
+def callers(raw: Path, function: str, depth: int = 3) -> str:
+    """The stacks leading to ``function`` (its ``depth`` nearest callers), by share of its samples."""
+    paths: collections.Counter = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        labels = [_label(f) for f in stack.split(";")[1:]]
+        hits = [k for k, name in enumerate(labels) if name.startswith(function + " (")]
+        if not hits:
+            continue
+        k = hits[0]
+        paths[" <- ".join(reversed(labels[max(0, k - depth):k]))] += int(count)
+        total += int(count)
+    return "\n".join([f"callers of {function} ({total} samples):"]
+                     + [f"{100 * c / max(total, 1):6.1f}%  {path}" for path, c in paths.most_common(15)])
+
+
 def aggregate(raw: Path, top: int) -> str:
     """Inclusive and self shares per function from py-spy's collapsed stacks (``frame;frame;… count``)."""
     inclusive: collections.Counter = collections.Counter()
@@ -79,6 +96,8 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    p.add_argument("--callers", action="append", default=[], metavar="FUNCTION",
+                   help="also show what calls FUNCTION (e.g. _SqliteTx._fetch); repeatable")
     args = p.parse_args()
     if shutil.which("py-spy") is None and not (Path(sys.executable).parent / "py-spy").exists():
         print("py-spy is not installed: pip install py-spy", file=sys.stderr)
@@ -109,6 +128,8 @@ def main() -> int:
             spy_proc.wait(timeout=args.duration + 30)
             ba.report(args.database, args.endpoint, res, cpu_ms)
             print(aggregate(raw, args.top))
+            for function in args.callers:
+                print(callers(raw, function))
         finally:
             stop_process(proc)
             ba.drop_database(args.database, name)
