@@ -270,3 +270,69 @@ def test_level_rate_moves_the_measured_cost_along_the_wake_up_line():
     rate = level_rate_per_s(0.8, 0.66, 2.09, 1.2, 0.035)
     assert rate == pytest.approx(0.8 * 0.965 * 1000 / (2.09 - 1.2 * 0.14))
     assert level_rate_per_s(0.5, 0.5, 2.0, 1.2, 0.0) == pytest.approx(250.0)  # same load: the cost as measured
+
+
+def _single_client(speed_cv: float, seconds: float, seed: int) -> pd.DataFrame:
+    """A single client's back-to-back requests (1 ms apart) with the machine's speed ``speed_cv``
+    per half second: per-request latency its endpoint's base x a request cv of 0.3 x the window's speed."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 1000)
+    start = np.arange(n) * 0.001
+    endpoint = rng.choice(list(MIX), n, p=list(MIX.values()))
+    base = np.where(endpoint == "token", 1.0, 4.0)
+    sigma2 = np.log1p(speed_cv**2)
+    speed = rng.lognormal(-sigma2 / 2, np.sqrt(sigma2), int(seconds / 0.5) + 1)[(start // 0.5).astype(int)]
+    latency = base * rng.gamma(1 / 0.09, 0.09, n) * speed
+    return pd.DataFrame({"start_s": start, "endpoint": endpoint, "latency_ms": latency, "ok": 1})
+
+
+def test_speed_noise_recovers_the_machines_noise_and_sees_none_where_there_is_none():
+    from twin.capacity.calibrate import speed_noise
+
+    found = [speed_noise(_single_client(0.12, 60.0, seed))[0] for seed in range(5)]
+    assert np.median(found) == pytest.approx(0.12, rel=0.25)
+    quiet, windows = speed_noise(_single_client(0.0, 60.0, 9))
+    assert quiet < 0.02 and windows == 120
+    assert speed_noise(_single_client(0.12, 1.0, 1)) == (0.0, 2)  # too few windows to say
+
+
+def test_speed_factors_are_one_per_window_with_mean_one_and_the_given_cv():
+    from twin.platform.model import speed_factors
+
+    arrival_ms = np.sort(np.random.default_rng(2).uniform(0, 2_000_000, 200_000))
+    f = speed_factors(arrival_ms, 0.15, 0.5, np.random.default_rng(3))
+    window = (arrival_ms // 500).astype(int)
+    per_window = pd.Series(f).groupby(window).agg(["min", "max", "first"])
+    assert (per_window["min"] == per_window["max"]).all()  # constant within a window
+    assert per_window["first"].mean() == pytest.approx(1.0, abs=0.02)
+    assert per_window["first"].std() == pytest.approx(0.15, rel=0.1)
+    assert (speed_factors(arrival_ms, 0.0, 0.5, np.random.default_rng(3)) == 1.0).all()
+
+
+def test_speed_noise_leaves_light_load_alone_and_lengthens_the_tail_near_saturation():
+    from dataclasses import replace
+
+    from twin.capacity import pipeline as pl
+
+    cal, cfg = _cal(), PlatformConfig(cores=1, workers=32)
+    noisy = replace(cal, speed_cv=0.15, speed_window_s=0.5)
+
+    def p95(c, rate):
+        return np.median([np.percentile(pl.model_on(_poisson_requests(rate, 60.0, seed=k), c, cfg, k)
+                                        .requests["latency_ms"], 95) for k in range(3)])
+
+    light, heavy = 80.0, 400.0  # ~16 % and ~80 % of the core (mean CPU 2 ms)
+    assert p95(noisy, light) == pytest.approx(p95(cal, light), rel=0.1)
+    assert p95(noisy, heavy) > 1.3 * p95(cal, heavy)
+
+
+def test_calibration_json_keeps_the_speed_noise(tmp_path):
+    from dataclasses import replace
+
+    from twin.platform import load_calibration, save_calibration
+
+    cal = replace(_cal(), speed_cv=0.137, speed_window_s=0.5)
+    back = load_calibration(save_calibration(cal, tmp_path / "c.json"))
+    assert (back.speed_cv, back.speed_window_s) == (0.137, 0.5)
+    with pytest.raises(ValueError, match="speed_cv"):
+        replace(cal, speed_cv=-0.1)

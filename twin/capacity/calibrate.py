@@ -246,6 +246,39 @@ def with_service_cv(cal: PlatformCalibration, cv: float) -> PlatformCalibration:
     return replace(cal, endpoints=endpoints, metadata=meta)
 
 
+SPEED_WINDOW_S = 0.5  # the machine's speed is estimated per half second: enough windows in a short calibration
+MIN_WINDOW_REQUESTS = 20
+
+
+def speed_noise(requests: pd.DataFrame, window_s: float = SPEED_WINDOW_S) -> tuple[float, int]:
+    """The machine's speed noise (cv of its speed from one ``window_s`` window to the next) and the
+    number of windows it rests on, from a single-client run (one request at a time, nothing queues).
+
+    Each request's latency over its endpoint's median is one reading of the machine's speed; a
+    window's mean reading varies by the machine's noise plus the sampling noise of its few requests
+    (their within-window variance / count), which is subtracted: ``cv² = var(window means) −
+    mean(within variance / n)``, relative to the mean. With fewer than three full windows, 0."""
+    ok = requests[requests["ok"] == 1]
+    if ok.empty:
+        return 0.0, 0
+    reading = ok["latency_ms"] / ok.groupby("endpoint")["latency_ms"].transform("median")
+    window = (ok["start_s"] // window_s).astype(int)
+    g = reading.groupby(window)
+    mean, var, n = g.mean(), g.var(ddof=1), g.size()
+    full = n >= MIN_WINDOW_REQUESTS
+    mean, var, n = mean[full], var[full], n[full]
+    if len(mean) < 3:
+        return 0.0, int(len(mean))
+    excess = float(mean.var(ddof=1) - (var / n).mean())
+    return (float(np.sqrt(excess) / mean.mean()) if excess > 0 else 0.0), int(len(mean))
+
+
+def with_speed_noise(cal: PlatformCalibration, cv: float, window_s: float = SPEED_WINDOW_S) -> PlatformCalibration:
+    """``cal`` with the machine's speed noise (PlatformCalibration.speed_cv) set."""
+    meta = replace(cal.metadata, notes=f"{cal.metadata.notes}; machine speed noise cv {cv:.3f} per {window_s:g} s")
+    return replace(cal, speed_cv=float(cv), speed_window_s=float(window_s), metadata=meta)
+
+
 MIN_EXTRAPOLATED_SHARE = 0.6
 """fit_open_demand's guard: the cost per request at saturation (D) is believed only down to this share
 of the cost measured at the busiest calibration run; a steeper line is taken for noise."""

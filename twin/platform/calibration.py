@@ -94,6 +94,14 @@ class PlatformCalibration:
     # wakes from sleep with cold caches. Measured as the part of the CPU per request that falls as
     # the load rises (twin.capacity.calibrate.fit_open_demand); 0 = no such cost.
     wake_ms: float = 0.0
+    # The machine's own speed noise: on a shared virtual machine the same work takes a few per cent
+    # more or less CPU from one second to the next (neighbours share caches and cores). Modelled as
+    # one factor per ``speed_window_s`` window of arrival time, lognormal with mean 1 and cv
+    # ``speed_cv``, that multiplies every request's CPU time in the window. It hardly matters at low
+    # load and dominates the tail near saturation: a window 10 % slow at 80 % load runs at 88 %.
+    # Measured from the single-client calibration (twin.capacity.calibrate.speed_noise); 0 = off.
+    speed_cv: float = 0.0
+    speed_window_s: float = 1.0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.endpoints) - set(ENDPOINTS))
@@ -104,6 +112,10 @@ class PlatformCalibration:
             raise ValueError("calibration: no endpoints calibrated")
         if not (isinstance(self.wake_ms, int | float) and 0.0 <= self.wake_ms < 1000.0):
             raise ValueError(f"calibration: wake_ms must be a number of ms in [0, 1000), got {self.wake_ms!r}")
+        if not (isinstance(self.speed_cv, int | float) and 0.0 <= self.speed_cv < 2.0):
+            raise ValueError(f"calibration: speed_cv must be a number in [0, 2), got {self.speed_cv!r}")
+        if not (isinstance(self.speed_window_s, int | float) and self.speed_window_s > 0):
+            raise ValueError(f"calibration: speed_window_s must be a number of seconds > 0, got {self.speed_window_s!r}")
 
     def endpoint(self, name: str) -> EndpointCalibration:
         try:
@@ -218,6 +230,8 @@ def calibration_to_dict(calibration: PlatformCalibration) -> dict:
         "triage_worker_ms": calibration.triage_worker_ms.to_dict(),
         "audit_write_ms": calibration.audit_write_ms.to_dict(),
         "wake_ms": calibration.wake_ms,
+        "speed_cv": calibration.speed_cv,
+        "speed_window_s": calibration.speed_window_s,
     }
 
 
@@ -236,7 +250,7 @@ def _fields(data: object, where: str, required: tuple[str, ...], optional: tuple
 
 def calibration_from_dict(data: dict, where: str = "calibration") -> PlatformCalibration:
     top = _fields(data, where, ("format_version", "metadata", "endpoints", "triage_worker_ms", "audit_write_ms"),
-                  ("wake_ms",))
+                  ("wake_ms", "speed_cv", "speed_window_s"))
     if top["format_version"] != FORMAT_VERSION:
         raise ValueError(f"{where}.format_version: {top['format_version']!r}, this code reads {FORMAT_VERSION}")
     meta = _fields(top["metadata"], f"{where}.metadata",
@@ -264,7 +278,8 @@ def calibration_from_dict(data: dict, where: str = "calibration") -> PlatformCal
         endpoints=endpoints,
         triage_worker_ms=ServiceTime.from_dict(top["triage_worker_ms"], f"{where}.triage_worker_ms"),
         audit_write_ms=ServiceTime.from_dict(top["audit_write_ms"], f"{where}.audit_write_ms"),
-        metadata=metadata, wake_ms=float(top.get("wake_ms", 0.0)))
+        metadata=metadata, wake_ms=float(top.get("wake_ms", 0.0)), speed_cv=float(top.get("speed_cv", 0.0)),
+        speed_window_s=float(top.get("speed_window_s", 1.0)))
 
 
 def save_calibration(calibration: PlatformCalibration, path: str | Path) -> Path:

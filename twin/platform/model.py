@@ -21,7 +21,8 @@ so FCFS is a fair and much cheaper approximation. Workers share one queue (idle 
 first, as uvicorn workers on one socket roughly do).
 
 All service times are drawn before the run, vectorised, in arrival order from named streams
-(``platform.request_service``, ``platform.triage``, ``platform.audit``): the same seed and arrivals
+(``platform.request_service``, ``platform.triage``, ``platform.audit``, ``platform.speed`` — the
+machine's speed noise, :func:`speed_factors`): the same seed and arrivals
 give the same run, and two configurations see the same requests with the same service times
 (common random numbers), so their difference is the configuration's, not the dice's. The simulation
 clock runs in milliseconds; the records are converted to seconds (times) and ms (durations).
@@ -77,6 +78,16 @@ def _sample_service_times(codes: np.ndarray, calibration: PlatformCalibration,
     return cpu_ms, db_ms
 
 
+def speed_factors(arrival_ms: np.ndarray, cv: float, window_s: float, rng: np.random.Generator) -> np.ndarray:
+    """The machine's speed factor for each request: one lognormal draw (mean 1, ``cv``) per
+    ``window_s`` window of arrival time (PlatformCalibration.speed_cv); all ones when ``cv`` is 0."""
+    if cv <= 0.0 or arrival_ms.size == 0:
+        return np.ones(arrival_ms.size)
+    window = (arrival_ms / (1000.0 * window_s)).astype(np.int64)
+    sigma2 = np.log1p(cv**2)
+    return rng.lognormal(-sigma2 / 2.0, np.sqrt(sigma2), int(window[-1]) + 1)[window]
+
+
 def simulate_platform(
     arrivals: pd.DataFrame,
     config: PlatformConfig,
@@ -118,6 +129,7 @@ def simulate_platform(
     codes = np.fromiter((name_code[e] for e in endpoint), dtype=np.int16, count=n)
     streams = Streams(seed)
     cpu_ms, db_ms = _sample_service_times(codes, calibration, streams.get("platform.request_service"))
+    cpu_ms *= speed_factors(arrival_ms, calibration.speed_cv, calibration.speed_window_s, streams.get("platform.speed"))
     is_submit = codes == name_code[SUBMIT]
     n_submit = int(is_submit.sum())
     triage_ms = calibration.triage_worker_ms.sample(streams.get("platform.triage"), n_submit)
