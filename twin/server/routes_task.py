@@ -49,7 +49,7 @@ from twin.server import fhir as fr
 from twin.server.errors import FhirError, bad_request, unprocessable
 from twin.server.search import check_parameter_names
 from twin.server.service import Service, fhir_response, now_iso, page_count, page_offset, read_json
-from twin.server.storage import Filter, Row, Tx, new_id
+from twin.server.storage import Filter, Listed, Row, Tx, new_id
 
 # --------------------------------------------------------------------------------------------------
 # JSON Patch (RFC 6902), shared with routes_patient
@@ -286,10 +286,10 @@ async def search_tasks(self: Service, request: Request) -> Response:
         filters.append(Filter("episode", "=", episode))
     order = [("priority", True), ("last_updated", False)] if q.get("_sort") == "-priority" else [("last_updated", False)]
     order.append(("id", False))  # a total order, so that _offset pages neither repeat nor skip
-    included: list[Row] = []
+    included: list[Listed] = []
     async with self.storage.transaction() as tx:
         await self.require_membership(tx, claims)  # a withdrawn team membership ends access now
-        rows = await tx.search("Task", filters, order, limit=count + 1, offset=offset)
+        rows = await tx.search_listed("Task", filters, order, limit=count + 1, offset=offset)
         more, rows = len(rows) > count, rows[:count]
         if "Task:focus" in q.getlist("_include"):
             by_type: dict[str, list[str]] = {}
@@ -302,7 +302,7 @@ async def search_tasks(self: Service, request: Request) -> Response:
                 if id_ not in by_type.setdefault(type_, []):
                     by_type[type_].append(id_)
             for type_, ids in by_type.items():  # one query per focus type, not one per Task
-                found = {f.id: f for f in await tx.search(type_, [Filter("id", "in", ids)], limit=len(ids))}
+                found = {f.id: f for f in await tx.search_listed(type_, [Filter("id", "in", ids)], limit=len(ids))}
                 included += [found[i] for i in ids if i in found and found[i].team == team]
         await self.audit(tx, claims, "R", "search", [r.patient for r in rows], "Task", query=str(q))
     return self.searchset(request, rows, included, next_offset=offset + count if more else None)

@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import urllib.parse
 import uuid
+from collections.abc import Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,7 +19,7 @@ from twin.server import auth, jsonfast
 from twin.server import fhir as fr
 from twin.server.errors import FHIR_JSON, FhirError, bad_request, not_found
 from twin.server.settings import Settings
-from twin.server.storage import Row, Storage
+from twin.server.storage import Listed, Row, Storage
 from twin.server.triage_worker import TriageWorker
 
 SERVICE_OF = {"Patient": "patient", "Communication": "patient", "EpisodeOfCare": "careplan", "CarePlan": "careplan",
@@ -173,8 +174,8 @@ class Service:
             raise bad_request("SEARCH_INVALID_REFERENCE", f"{param} must reference a {expected_type}, got {value!r}")
         return id_
 
-    def searchset(self, request: Request, rows: list[Row], included: list[Row] = (), total: int | None = None,
-                  next_offset: int | None = None) -> Response:
+    def searchset(self, request: Request, rows: Sequence[Row | Listed], included: Sequence[Row | Listed] = (),
+                  total: int | None = None, next_offset: int | None = None) -> Response:
         entries = [{"fullUrl": self.refs.url(r.type, r.id), "resource": jsonfast.raw(r.body), "mode": "match"}
                    for r in rows]
         entries += [{"fullUrl": self.refs.url(r.type, r.id), "resource": jsonfast.raw(r.body), "mode": "include"}

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from twin.server import audit_index
 
@@ -68,6 +68,21 @@ class Row:
         """The column values in COLUMNS order (dataclasses.astuple deep-copies: 10x slower here)."""
         return (self.type, self.id, self.version, self.last_updated, self.patient, self.episode, self.team, self.org,
                 self.status, self.code, self.effective, self.priority, self.ident, self.body)
+
+
+class Listed(NamedTuple):
+    """A search hit with only what a page of results and its audit need. A full :class:`Row` makes
+    fourteen Python values per hit; a worklist page of 50 Tasks and their 50 focus resources spent
+    as long on the nine it never reads as on the rest of the two queries."""
+
+    type: str
+    id: str
+    patient: str | None
+    team: str | None
+    body: str
+
+
+LISTED_COLUMNS = Listed._fields
 
 
 SCHEMA = [
@@ -226,11 +241,20 @@ class Tx:
 
     async def search(self, type_: str, filters: Sequence[Filter] = (), order: Sequence[tuple[str, bool]] = (),
                      limit: int = 50, offset: int = 0) -> list[Row]:
+        return [Row(*r) for r in await self._select(COLUMNS, type_, filters, order, limit, offset)]
+
+    async def search_listed(self, type_: str, filters: Sequence[Filter] = (), order: Sequence[tuple[str, bool]] = (),
+                            limit: int = 50, offset: int = 0) -> list[Listed]:
+        """As :meth:`search`, with only the columns of :class:`Listed`."""
+        return [Listed(*r) for r in await self._select(LISTED_COLUMNS, type_, filters, order, limit, offset)]
+
+    async def _select(self, columns: Sequence[str], type_: str, filters: Sequence[Filter],
+                      order: Sequence[tuple[str, bool]], limit: int, offset: int) -> list[tuple]:
         where, params = _where(type_, filters)
         order_sql = ", ".join(f"{c} {'DESC' if desc else 'ASC'}" for c, desc in order if c in ALLOWED_FILTER_COLUMNS)
-        sql = (f"SELECT {', '.join(COLUMNS)} FROM resources WHERE {where}"
+        sql = (f"SELECT {', '.join(columns)} FROM resources WHERE {where}"
                + (f" ORDER BY {order_sql}" if order_sql else "") + " LIMIT ? OFFSET ?")
-        return [Row(*r) for r in await self._fetch(sql, [*params, int(limit), int(offset)])]
+        return await self._fetch(sql, [*params, int(limit), int(offset)])
 
     async def count(self, type_: str, filters: Sequence[Filter] = ()) -> int:
         where, params = _where(type_, filters)
