@@ -83,7 +83,7 @@ async def search_episodes(self: Service, request: Request) -> Response:
         filters.append(Filter("status", "in", q.get("status").split(",")))
     async with self.storage.transaction() as tx:
         await self.require_membership(tx, claims)
-        rows = await tx.search("EpisodeOfCare", filters, [("id", False)], limit=page_count(q))
+        rows = await tx.search_listed("EpisodeOfCare", filters, [("id", False)], limit=page_count(q))
         await self.audit(tx, claims, "R", "search", [r.patient for r in rows], "EpisodeOfCare", query=str(q))
     entries = [{"fullUrl": self.refs.url("EpisodeOfCare", r.id), "resource": jsonfast.raw(r.body), "mode": "match"}
                for r in rows]

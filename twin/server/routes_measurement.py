@@ -194,7 +194,7 @@ async def search_observations(self: Service, request: Request) -> Response:
     async with self.storage.transaction() as tx:
         filters += await access_scope(self, tx, claims, patients, [episode] if episode else [])
         total = await tx.count("Observation", filters)
-        rows = await tx.search("Observation", filters, order, limit=count, offset=offset)
+        rows = await tx.search_listed("Observation", filters, order, limit=count, offset=offset)
         await self.audit(tx, claims, "R", "search", [r.patient for r in rows], "Observation", query=str(q))
     entries = [{"fullUrl": self.refs.url("Observation", r.id), "resource": jsonfast.raw(r.body), "mode": "match"}
                for r in rows]

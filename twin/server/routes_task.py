@@ -556,8 +556,8 @@ async def search_clinical_impressions(self: Service, request: Request) -> Respon
             filters.append(Filter("code", "in", codes))
         if q.get("status"):
             filters.append(Filter("status", "in", q.get("status").split(",")))
-        rows = await tx.search("ClinicalImpression", filters, [("effective", True), ("id", False)], limit=count + 1,
-                               offset=offset)
+        rows = await tx.search_listed("ClinicalImpression", filters, [("effective", True), ("id", False)],
+                                      limit=count + 1, offset=offset)
         more, rows = len(rows) > count, rows[:count]
         await self.audit(tx, claims, "R", "search", [r.patient for r in rows], "ClinicalImpression", query=str(q))
     return self.searchset(request, rows, next_offset=offset + count if more else None)
