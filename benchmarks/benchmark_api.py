@@ -1,6 +1,6 @@
 """Benchmark of the real API: ``$submit-measurement`` and read calls, against a bare baseline.
 
-    python benchmarks/benchmark_api.py [--duration 10] [--concurrency 32] [--skip-postgres]
+    python benchmarks/benchmark_api.py [--duration 10] [--concurrency 32] [--skip-postgres | --skip-sqlite]
 
 For each database (SQLite file, PostgreSQL at 127.0.0.1:5432): seed scenarios/pilot-1000.toml into a
 fresh database, start ``twin serve`` with one worker, and drive it with twin/loadtest/httpload.py (a
@@ -225,12 +225,13 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--skip-postgres", action="store_true")
+    p.add_argument("--skip-sqlite", action="store_true")
     p.add_argument("--out", default=str(ROOT / "results" / "benchmark_api.json"))
     args = p.parse_args()
     results = {"concurrency": args.concurrency, "duration_s": args.duration,
                "at": time.strftime("%Y-%m-%d %H:%M:%S")}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("sqlite",) + (() if args.skip_postgres else ("postgresql",)):
+        for kind in (() if args.skip_sqlite else ("sqlite",)) + (() if args.skip_postgres else ("postgresql",)):
             results[kind] = {"bare": bench_bare(kind, Path(tmp), args), **bench_twin(kind, Path(tmp), args)}
             r = results[kind]
             print(f"  {kind}: submit = {r['submit']['rps'] / r['bare']['rps']:.3f} x bare insert throughput; server CPU "
