@@ -423,26 +423,15 @@ def run_capacity(run: CapacityRun) -> dict:
             # half seconds, whose queues the tail near saturation is made of), the cv what is left
             open_cal = cb.with_speed_noise(open_cal, speed_cv)
             open_capacity_per_s = open_fit["capacity_per_s"]
-            # the variability under load: the cv that best reproduces the two upper calibration loads'
-            # p95s (runs of their own, not judged levels); the non-queueing time is the
-            # lowest load's mean latency less the model's, before and after (it hardly moves)
-            open_overhead = open_overhead_ms(lowest, open_cal, model_cfg, run.seed, overhead_ms)
-            service_cv, cv_fit = choose_service_cv(open_cal_req[1:], open_cal, model_cfg, open_overhead, run.seed)
-            open_cal = cb.with_service_cv(open_cal, service_cv)
-            save_calibration(open_cal, out / "calibration_open.json")
-            open_overhead = open_overhead_ms(lowest, open_cal, model_cfg, run.seed, overhead_ms)
-            open_fit.update(overhead_ms=open_overhead, service_cv=service_cv, service_cv_fit=cv_fit)
-            summary["open_model"] = {**open_fit, "runs": open_cal_runs, "cpu_factor": factor}
-            summary["predict_seeds"] = PREDICT_SEEDS
-            _say(run, f"capacity {name}: open-model capacity {open_capacity_per_s:.0f} req/s "
-                      f"(F {100 * open_fit['fixed_share']:.1f} %, D {open_fit['per_request_ms']:.3f} ms, "
-                      f"W {open_fit['wake_ms']:.3f} ms, service cv {service_cv:g})")
+            # (the variability under load is fitted on these runs once the server has stopped: below)
             # 4. open-model levels at shares of that capacity; the model runs on the same arrivals and
             #    predicts them from the calibration alone. Only the *placement* of a level uses what
             #    the level before it measured: the machine's speed drifts by a fifth within minutes,
             #    and an "80 %" level aimed with a demand measured minutes earlier ran at 92-95 %.
             level_s = SHARES["level"] * budget
-            measured, predicted, runs = [], [], []
+            measured, runs = [], []
+            to_predict: list[tuple[str, pd.DataFrame]] = []  # (level, its requests): modelled after the load test
+            demand_checks: list[tuple[int, pd.DataFrame, float, float]] = []  # (run index, requests, CPU s, utilisation)
             placed_by: tuple[float, float] | None = None  # (utilisation, CPU ms per request) of the level before
             for k, share in enumerate(LEVEL_SHARES):
                 label = f"open-{round(share * 100)}pct"
@@ -461,10 +450,11 @@ def run_capacity(run: CapacityRun) -> dict:
                 level_triage = cb.TriageWork.from_health(h1) - cb.TriageWork.from_health(h0)
                 req.to_csv(out / "runs" / f"{label}.csv", index=False)
                 measured.append(cmp.measured_by_endpoint(req, 0.0, level_s).assign(level=label))
-                predicted.append(predict_on(req, open_cal, model_cfg, open_overhead, run.seed).assign(level=label))
+                to_predict.append((label, req))
                 level_request_cpu_s = level_cpu_s - idle_rate * level_s - level_triage.busy_s
                 if level_request_cpu_s > 0 and len(req):
                     placed_by = (level_cpu_s / level_s, 1000.0 * level_request_cpu_s / len(req))
+                demand_checks.append((len(runs), req, level_request_cpu_s, level_cpu_s / level_s))
                 runs.append({"label": label, "share": share, "rate_per_s": rate_per_s, "requests": int(len(req)),
                              "failed": int((req["ok"] == 0).sum()),
                              "event_loop_cpu_ms_per_request": 1000 * level_cpu_s / max(len(req), 1),
@@ -474,8 +464,6 @@ def run_capacity(run: CapacityRun) -> dict:
                              "triage_ms_per_submission": level_triage.ms_per_submission,
                              **_gc_during(h0["gc"], h1["gc"]),
                              **_commits_during(h0.get("sqlite_commits"), h1.get("sqlite_commits")),
-                             **at_measured_demand(req, open_cal, model_cfg, open_overhead, run.seed, level_request_cpu_s,
-                                                  level_cpu_s / level_s),
                              "client_lag_p95_ms": float(np.nanpercentile(req["lag_ms"], 95)) if len(req) else None})
             # 5. overload: twice the open-model capacity, then half of it — the service must shed the excess
             #    (503 + Retry-After) with a bounded p95 for what it admits, and recover by itself
@@ -511,8 +499,7 @@ def run_capacity(run: CapacityRun) -> dict:
             if len(replay_req):
                 known = replay_req[replay_req["endpoint"].isin(list(ENDPOINTS))]
                 measured.append(cmp.measured_by_endpoint(known).assign(level="locust-replay"))
-                predicted.append(predict_on(known, open_cal, model_cfg, open_overhead, run.seed)
-                                 .assign(level="locust-replay"))
+                to_predict.append(("locust-replay", known))
             runs.append({"label": "locust-replay", "speedup": sp, "requests": int(len(replay_req)),
                          "failed": int((replay_req["ok"] == 0).sum()) if len(replay_req) else 0,
                          "summary": {k: s.get(k) for k in ("wall_s", "requests", "failures") if k in s}})
@@ -522,6 +509,30 @@ def run_capacity(run: CapacityRun) -> dict:
             server.stop()
     timings["loadtest_total"] = round(time.monotonic() - started, 2)
     summary["request_pool_builds"] = fresh.builds  # > 1: a long run logged in again (tokens last 5 min)
+
+    # The model's side, once the load test is over (analysis, not load: the server need not idle
+    # through it). The variability under load: the cv that best reproduces the two upper
+    # calibration loads' p95s (runs of their own, never a judged level); the non-queueing time is
+    # the lowest load's mean latency less the model's, before and after (it hardly moves). Then
+    # every level predicted from that calibration alone, on exactly its arrivals.
+    t = time.monotonic()
+    open_overhead = open_overhead_ms(lowest, open_cal, model_cfg, run.seed, overhead_ms)
+    service_cv, cv_fit = choose_service_cv(open_cal_req[1:], open_cal, model_cfg, open_overhead, run.seed)
+    open_cal = cb.with_service_cv(open_cal, service_cv)
+    save_calibration(open_cal, out / "calibration_open.json")
+    open_overhead = open_overhead_ms(lowest, open_cal, model_cfg, run.seed, overhead_ms)
+    open_fit.update(overhead_ms=open_overhead, service_cv=service_cv, service_cv_fit=cv_fit)
+    summary["open_model"] = {**open_fit, "runs": open_cal_runs, "cpu_factor": factor}
+    summary["predict_seeds"] = PREDICT_SEEDS
+    _say(run, f"capacity {name}: open-model capacity {open_capacity_per_s:.0f} req/s "
+              f"(F {100 * open_fit['fixed_share']:.1f} %, D {open_fit['per_request_ms']:.3f} ms, "
+              f"W {open_fit['wake_ms']:.3f} ms, service cv {service_cv:g})")
+    predicted = [predict_on(req, open_cal, model_cfg, open_overhead, run.seed).assign(level=label)
+                 for label, req in to_predict]
+    for i, req, request_cpu_s, utilisation in demand_checks:
+        runs[i].update(at_measured_demand(req, open_cal, model_cfg, open_overhead, run.seed, request_cpu_s,
+                                          utilisation))
+    timings["model"] = round(time.monotonic() - t, 2)
 
     # predicted vs measured: levels
     # a level's load is the share of the loop it kept busy (measured), not its planned share: where
