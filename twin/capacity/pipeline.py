@@ -23,7 +23,9 @@ core); Locust replays the trace itself once, for realism.
    ``calibration_open.json`` (the single client's per-endpoint costs scaled to D, and W). The
    lowest load also gives the part of an open arrival's latency that never queues (client and
    loopback wake-ups), and the two upper ones the service times' variability under load (their
-   cv, the candidate whose model p95s come closest to those runs': :func:`choose_service_cv`);
+   cv, the candidate whose model p95s come closest to those runs': :func:`choose_service_cv`).
+   The machine's own speed noise (from one half second to the next) is read off the single
+   client's run (:func:`twin.capacity.calibrate.speed_noise`) and modelled beside it;
 4. **open levels** — Poisson arrivals at ``LEVEL_SHARES`` of that capacity (the second and third
    placed with the cost per request the level before measured: :func:`level_rate_per_s`); the
    platform model runs on *exactly those arrivals* and its p50/p95 are compared per endpoint (the
@@ -41,7 +43,9 @@ on the box's other core.
 
 Time: every run is bounded; their lengths are shares of the scenario's ``capacity.loadtest_budget_s``
 (``twin capacity --budget`` overrides it), shortened in the main job where seeding and building the
-requests took so long that the load-test part would exceed ``LOADTEST_LIMIT_S``.
+requests took so long that the load-test part would exceed ``LOADTEST_LIMIT_S``. The model's side —
+fitting the variability, every prediction (the median of ``PREDICT_SEEDS`` runs) — happens after
+the server has stopped, so it never counts against the load test's time.
 """
 
 from __future__ import annotations
