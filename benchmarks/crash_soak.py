@@ -178,16 +178,17 @@ def verify(probe: Probe, base_url: str, sent: list[Sent], tokens: dict[int, str]
     named = {t["reference"]: (t.get("identifier") or {}).get("value")
              for _ident, body in provenances for t in json.loads(body).get("target", [])}
 
+    refs = fr.Refs(base_url)
+
     def client_ident(type_: str, id_: str, ident: str | None, body: str) -> str | None:
-        url = fr.Refs(base_url).url(type_, id_)
-        return ident or named.get(url) or ((json.loads(body).get("identifier") or [{}])[0].get("value"))
+        return ident or named.get(refs.url(type_, id_)) or ((json.loads(body).get("identifier") or [{}])[0].get("value"))
 
     # every row of a submitted resource type for these citizens, by identifier
     rows = [(t, i, client_ident(t, i, ident, body)) for t, i, ident, body in probe.fetch(
         f"SELECT type, id, ident, body FROM resources WHERE type IN ('Observation', 'QuestionnaireResponse') "
         f"AND patient IN ({marks})", *patients)]
     by_ident = Counter(r[2] for r in rows)
-    url_of = {r[2]: fr.Refs(base_url).url(r[0], r[1]) for r in rows}
+    url_of = {r[2]: refs.url(r[0], r[1]) for r in rows}
     res.duplicated += sum(1 for n in by_ident.values() if n > 1)
     prov_by_ident = Counter(p[0] for p in provenances)
     res.duplicated += sum(1 for n in prov_by_ident.values() if n > 1)

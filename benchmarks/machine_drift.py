@@ -74,7 +74,7 @@ def main() -> int:
                 _wait_triage_idle(server.base_url)
                 wall, cpu = time.monotonic() - t0, cb.event_loop_cpu_s(pid) - c0
                 triage = cb.TriageWork.read(server.base_url) - w0
-                return 1000.0 * (cpu - idle_per_s * wall - triage.busy_s) / max(len(req), 1), cpu / wall, req
+                return 1000.0 * cb.request_cpu_s(cpu, idle_per_s, wall, triage.busy_s) / max(len(req), 1), cpu / wall, req
 
             for k in range(args.rounds):
                 single, _, _ = cost_ms(lambda k=k: dl.single_client_run(fresh.get(SINGLE_S), mix, SINGLE_S, k))

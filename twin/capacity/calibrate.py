@@ -178,6 +178,13 @@ def calibration_samples(requests: pd.DataFrame) -> tuple[dict[str, np.ndarray], 
 MIN_CPU_MS = 0.05  # a request's CPU part is never below this (a sample shorter than the overhead is noise)
 
 
+def request_cpu_s(cpu_s, idle_cpu_per_s: float, wall_s, triage_s):
+    """What the requests of a run cost the event loop: its CPU over the run less the timers it runs
+    anyway (``idle_cpu_per_s`` x ``wall_s``) and the triage worker's measured time (seconds; scalars
+    or numpy arrays alike)."""
+    return cpu_s - idle_cpu_per_s * wall_s - triage_s
+
+
 def idle_cpu_rate(cpu_s: float, wall_s: float) -> float:
     """CPU seconds per second the server spends with no requests (timers: load-shedding heartbeat,
     checkpointer, triage poll). Subtracted from a run's CPU: at a few requests per second it is
@@ -201,17 +208,16 @@ def direct_calibration(requests: pd.DataFrame, server_cpu_s: float, idle_cpu_s: 
     ok = requests[requests["ok"] == 1]
     if len(ok) < MIN_SAMPLES:
         raise ValueError(f"calibration: only {len(ok)} successful requests; need at least {MIN_SAMPLES}")
-    active_s = server_cpu_s - idle_cpu_s
-    request_cpu_s = active_s - triage.busy_s
-    if request_cpu_s <= 0:
+    used_s = server_cpu_s - idle_cpu_s - triage.busy_s
+    if used_s <= 0:
         raise ValueError(f"calibration: the server used no CPU beyond idle ({server_cpu_s:.3f} s, idle "
                          f"{idle_cpu_s:.3f} s) — a longer or faster run is needed")
     latency_s = float(ok["latency_ms"].sum()) / 1000.0
-    overhead_ms = max((latency_s - request_cpu_s) * 1000.0 / len(ok), 0.0)
+    overhead_ms = max((latency_s - used_s) * 1000.0 / len(ok), 0.0)
     shifted = ok.assign(latency_ms=np.maximum(ok["latency_ms"].to_numpy(float) - overhead_ms, MIN_CPU_MS))
     samples, source = calibration_samples(shifted)
     notes = (f"direct single-client run; server CPU {server_cpu_s:.3f} s - idle {idle_cpu_s:.3f} s - triage "
-             f"{triage.busy_s:.3f} s ({triage.triaged} submissions, measured by the server) = {request_cpu_s:.3f} s "
+             f"{triage.busy_s:.3f} s ({triage.triaged} submissions, measured by the server) = {used_s:.3f} s "
              f"for {len(ok)} requests; "
              f"client + loopback overhead {overhead_ms:.3f} ms per request (subtracted); estimated endpoints: "
              + (", ".join(f"{n} ({s})" for n, s in source.items() if s.startswith("estimate")) or "none"))
@@ -220,10 +226,10 @@ def direct_calibration(requests: pd.DataFrame, server_cpu_s: float, idle_cpu_s: 
         audit_write_ms=ServiceTime("gamma", 0.0, 0.0), family="empirical",
         server_config=dict(server_config or {"workers": 1, "server": "uvicorn", "database": "sqlite"}), notes=notes)
     details = {"requests": int(len(requests)), "ok": int(len(ok)), "server_cpu_s": server_cpu_s,
-               "idle_cpu_s": idle_cpu_s, "request_cpu_s": request_cpu_s, "triaged": triage.triaged,
+               "idle_cpu_s": idle_cpu_s, "request_cpu_s": used_s, "triaged": triage.triaged,
                "triage_ms_per_submission": triage.ms_per_submission, "triage_batches": triage.batches,
                "overhead_ms": overhead_ms,
-               "cpu_ms_per_request": 1000.0 * request_cpu_s / len(ok), "endpoint_source": source,
+               "cpu_ms_per_request": 1000.0 * used_s / len(ok), "endpoint_source": source,
                "mean_service_ms": {n: e.mean_service_ms for n, e in cal.endpoints.items()}}
     return cal, details
 
@@ -311,7 +317,7 @@ def fit_open_demand(runs: Sequence[Mapping[str, float]], idle_cpu_per_s: float,
         raise ValueError("fit_open_demand: needs at least two runs at different rates")
     n = np.array([r["requests"] for r in runs], dtype=float)
     busy = np.array([min(r["cpu_s"] / r["wall_s"], 1.0) for r in runs], dtype=float)
-    per_request_ms = np.array([r["cpu_s"] - idle_cpu_per_s * r["wall_s"] - r["triage_s"] for r in runs],
+    per_request_ms = np.array([request_cpu_s(r["cpu_s"], idle_cpu_per_s, r["wall_s"], r["triage_s"]) for r in runs],
                               dtype=float) * 1000.0 / n
     (d_ms, w_ms), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(n), 1.0 - busy]), per_request_ms, rcond=None)
     busiest = int(np.argmax(busy))

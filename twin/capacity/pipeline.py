@@ -231,10 +231,8 @@ def at_measured_demand(req: pd.DataFrame, cal, cfg: PlatformConfig, overhead_ms:
     awake_ms = max(demand_ms - cal.wake_ms * (1.0 - min(max(utilisation, 0.0), 1.0)), 0.05 * demand_ms)
     at = replace(at_demand(cal, ok["endpoint"].value_counts(normalize=True).to_dict(), awake_ms,
                            "the level's measured demand"), wake_ms=cal.wake_ms)
-    p95s = [np.percentile(model_on(ok, at, cfg, seed + k).requests["latency_ms"] + overhead_ms, 95)
-            for k in range(PREDICT_SEEDS)]
     return {"measured_demand_ms_per_request": demand_ms,
-            "p95_at_measured_demand_ms": float(np.median(p95s)),
+            "p95_at_measured_demand_ms": model_p95_ms(ok, at, cfg, overhead_ms, seed, PREDICT_SEEDS),
             "measured_p95_ms": float(np.percentile(ok["latency_ms"], 95))}
 
 
@@ -242,10 +240,11 @@ SERVICE_CV_CANDIDATES = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 FIT_SEEDS = 3  # model runs per candidate (their median p95): one run's p95 moves by a few percent with the seed
 
 
-def model_p95_ms(requests: pd.DataFrame, cal, cfg: PlatformConfig, overhead_ms: float, seed: int) -> float:
-    """Median over ``FIT_SEEDS`` model runs on exactly these arrivals of the p95 latency (ms)."""
+def model_p95_ms(requests: pd.DataFrame, cal, cfg: PlatformConfig, overhead_ms: float, seed: int,
+                 seeds: int = FIT_SEEDS) -> float:
+    """Median over ``seeds`` model runs on exactly these arrivals of the p95 latency (ms)."""
     return float(np.median([np.percentile(model_on(requests, cal, cfg, seed + k).requests["latency_ms"] + overhead_ms, 95)
-                            for k in range(FIT_SEEDS)]))
+                            for k in range(seeds)]))
 
 
 def choose_service_cv(runs: Sequence[pd.DataFrame], cal, cfg: PlatformConfig, overhead_ms: float, seed: int,
@@ -455,7 +454,7 @@ def run_capacity(run: CapacityRun) -> dict:
                 req.to_csv(out / "runs" / f"{label}.csv", index=False)
                 measured.append(cmp.measured_by_endpoint(req, 0.0, level_s).assign(level=label))
                 to_predict.append((label, req))
-                level_request_cpu_s = level_cpu_s - idle_rate * level_s - level_triage.busy_s
+                level_request_cpu_s = cb.request_cpu_s(level_cpu_s, idle_rate, level_s, level_triage.busy_s)
                 if level_request_cpu_s > 0 and len(req):
                     placed_by = (level_cpu_s / level_s, 1000.0 * level_request_cpu_s / len(req))
                 demand_checks.append((len(runs), req, level_request_cpu_s, level_cpu_s / level_s))

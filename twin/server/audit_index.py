@@ -16,7 +16,7 @@ in the service's file would hold every request for tens of milliseconds. A threa
 connection does it (sqlite3 releases the GIL while a statement runs). The index is derived data:
 its watermark (``upto``, the last request copied) is committed with the keys it covers, so a
 crash leaves it consistent, and a lost file is rebuilt from the log at the next start. Readers
-take the index up to the watermark and the log above it (:data:`BY_PATIENT_SQL`).
+take the index up to the watermark and the log above it (:data:`KEYS_SQL`).
 """
 
 from __future__ import annotations

@@ -85,9 +85,7 @@ async def search_episodes(self: Service, request: Request) -> Response:
         await self.require_membership(tx, claims)
         rows = await tx.search_listed("EpisodeOfCare", filters, [("id", False)], limit=page_count(q))
         await self.audit(tx, claims, "R", "search", [r.patient for r in rows], "EpisodeOfCare", query=str(q))
-    entries = [{"fullUrl": self.refs.url("EpisodeOfCare", r.id), "resource": jsonfast.raw(r.body), "mode": "match"}
-               for r in rows]
-    return fhir_response(fr.bundle_searchset(entries, None, str(request.url)))
+    return self.searchset(request, rows)
 
 
 # ---------------------------------------------------------------------- $get-patient-procedures

@@ -58,7 +58,7 @@ from twin.server.search import (
     reference_param,
     storage_instant,
 )
-from twin.server.service import Service, fhir_response, now_iso, page_count, page_offset, page_url, read_json
+from twin.server.service import Service, fhir_response, now_iso, page_count, page_offset, read_json
 from twin.server.storage import Filter, Row, new_id
 from twin.server.submission import (
     BY_CODE,
@@ -196,10 +196,7 @@ async def search_observations(self: Service, request: Request) -> Response:
         total = await tx.count("Observation", filters)
         rows = await tx.search_listed("Observation", filters, order, limit=count, offset=offset)
         await self.audit(tx, claims, "R", "search", [r.patient for r in rows], "Observation", query=str(q))
-    entries = [{"fullUrl": self.refs.url("Observation", r.id), "resource": jsonfast.raw(r.body), "mode": "match"}
-               for r in rows]
-    next_url = page_url(request, offset + count) if offset + len(rows) < total else None
-    return fhir_response(fr.bundle_searchset(entries, total, str(request.url), next_url))
+    return self.searchset(request, rows, total=total, next_offset=offset + count if offset + len(rows) < total else None)
 
 
 # --------------------------------------------------------------------------- $search-measurements
