@@ -23,6 +23,7 @@ import datetime as dt
 import math
 import uuid
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from twin.rules import MEASUREMENTS
 from twin.server import fhir as fr
@@ -41,6 +42,16 @@ MAX_FUTURE = dt.timedelta(hours=1)  # clock skew of a citizen's tablet
 CODE = "MEASUREMENT_SUBMITMEASUREMENT_"
 
 
+class RequestFacts(NamedTuple):
+    """What validating a submission needs of a ServiceRequest (its body only for new thresholds)."""
+
+    id: str
+    version: int
+    episode: str | None
+    status: str | None
+    code: str | None
+
+
 @dataclass
 class Plan:
     """A validated submission, ready to store."""
@@ -51,7 +62,8 @@ class Plan:
     org_id: str | None
     entries: list[dict]  # the bundle entries, resources as submitted
     idents: list[str]
-    service_requests: dict[str, Row] = field(default_factory=dict)
+    service_requests: dict[str, RequestFacts] = field(default_factory=dict)
+    ranges: dict[str, object] = field(default_factory=dict)  # ServiceRequest id -> its ReferenceRanges
 
 
 def _ref_id(refs, reference: str | None, expected_type: str, what: str) -> str:
@@ -175,7 +187,8 @@ async def check_submission(entries: list[dict], idents: list[str], claims, tx: T
     sr_ids = [_ref_id(refs, _reference(_first(e["resource"].get("basedOn"))), "ServiceRequest",
                       f"Bundle.entry[{k}].resource") for k, e in enumerate(entries)]
     wanted = sorted(set(sr_ids))
-    found = {row.id: row for row in await tx.search("ServiceRequest", [Filter("id", "in", wanted)], limit=len(wanted))}
+    found = {r[0]: RequestFacts(*r) for r in await tx.search_columns(RequestFacts._fields, "ServiceRequest",
+                                                                      [Filter("id", "in", wanted)], len(wanted))}
     for k, (e, sr_id) in enumerate(zip(entries, sr_ids, strict=True)):
         r, where = e["resource"], f"Bundle.entry[{k}].resource"
         sr = found.get(sr_id)
@@ -189,10 +202,28 @@ async def check_submission(entries: list[dict], idents: list[str], claims, tx: T
             _check_observation(r, sr, sr_id, where)
         else:
             _check_questionnaire_response(r, where, refs)
+    await _load_ranges(plan, tx, {sr_id for e, sr_id in zip(entries, sr_ids, strict=True)
+                                  if e["resource"]["resourceType"] == "Observation"})
     return plan
 
 
-def _check_observation(r: dict, sr: Row, sr_id: str, where: str) -> None:
+async def _load_ranges(plan: Plan, tx: Tx, measured: set[str]) -> None:
+    """The thresholds of the ServiceRequests ``measured`` (ids): parsed once per (id, version), the
+    bodies read only for those not parsed yet (a citizen's requests change only when a clinician
+    adjusts them)."""
+    unparsed = []
+    for sr in (plan.service_requests[i] for i in sorted(measured)):
+        found = _RANGES.get((sr.id, sr.version))
+        if found is None:
+            unparsed.append(sr.id)
+        else:
+            plan.ranges[sr.id] = found
+    if unparsed:
+        for row in await tx.search("ServiceRequest", [Filter("id", "in", unparsed)], limit=len(unparsed)):
+            plan.ranges[row.id] = _ranges(row.id, row.version, row.body)
+
+
+def _check_observation(r: dict, sr: RequestFacts, sr_id: str, where: str) -> None:
     if r.get("status") != "final":
         raise unprocessable(f"{CODE}INVALID_STATUS", f"Measurement status {r.get('status')} is invalid. Status must be "
                             "final for measurement of type Observation")
@@ -287,9 +318,8 @@ def triage_input(plan: Plan) -> dict:
         if r["resourceType"] == "Observation":
             name = measurement_of(r)
             values[name] = float(r["valueQuantity"]["value"])
-            sr = plan.service_requests.get(sr_id)
-            if sr is not None:
-                rr = _ranges(sr.id, sr.version, sr.body)
+            rr = plan.ranges.get(sr_id)
+            if rr is not None:
                 ranges[name] = [None if abs(b) == float("inf") else b
                                 for b in (rr.red_low, rr.yellow_low, rr.yellow_high, rr.red_high)]
         else:
