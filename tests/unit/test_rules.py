@@ -15,6 +15,7 @@ from twin.rules import (
     ReferenceRanges,
     StandardThreshold,
     classify_answers,
+    classify_value,
     classify_values,
     individualise,
     individualise_arrays,
@@ -40,6 +41,19 @@ def test_bounds_are_inclusive(value, colour):
     ranges = ReferenceRanges(88, 91, 100, 100)
     finding = triage_session({"spo2": value}, {"spo2": ranges}, {}, ())
     assert finding.colour == colour
+
+
+BOUNDS = st.lists(st.floats(min_value=-50, max_value=400), min_size=4, max_size=4).map(sorted)
+
+
+@settings(max_examples=300, deadline=None)
+@given(BOUNDS, st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, 100.0])),
+                        min_size=1, max_size=10))
+def test_one_reading_is_classified_as_the_vectorised_rules_do(bounds, values):
+    r = ReferenceRanges(*bounds)
+    values += list(bounds)  # the bounds themselves: inside
+    vec = classify_values(np.array(values), r.red_low, r.yellow_low, r.yellow_high, r.red_high)
+    assert [classify_value(v, r) for v in values] == vec.tolist()
 
 
 def test_ranges_must_nest():

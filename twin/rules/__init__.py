@@ -15,12 +15,13 @@ from twin.rules.triage import (
     Finding,
     QuestionRule,
     classify_answers,
+    classify_value,
     classify_values,
     triage_session,
 )
 
 __all__ = [
     "COLOURS", "GREEN", "MEASUREMENTS", "RED", "YELLOW", "Finding", "Measurement", "QuestionRule",
-    "ReferenceRanges", "StandardThreshold", "classify_answers", "classify_values", "individualise",
+    "ReferenceRanges", "StandardThreshold", "classify_answers", "classify_value", "classify_values", "individualise",
     "individualise_arrays", "triage_session",
 ]

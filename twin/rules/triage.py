@@ -59,6 +59,16 @@ def classify_values(values: np.ndarray, red_low, yellow_low, yellow_high, red_hi
     return level  # comparisons with NaN are False, so skipped readings stay green
 
 
+def classify_value(value: float, r: ReferenceRanges) -> int:
+    """One reading's colour level: :func:`classify_values` for a single reading (the server triages
+    one session at a time, where numpy's per-call cost is most of the work)."""
+    if value < r.red_low or value > r.red_high:
+        return RED
+    if value < r.yellow_low or value > r.yellow_high:
+        return YELLOW
+    return GREEN  # NaN compares False everywhere: green, as in classify_values
+
+
 def classify_answers(answers: Mapping[str, np.ndarray], rules: Sequence[QuestionRule]) -> np.ndarray:
     """Colour levels of questionnaire answer patterns (arrays of booleans, one per session)."""
     n = len(next(iter(answers.values()))) if answers else 0
@@ -83,7 +93,7 @@ def triage_session(
         if value is None or (isinstance(value, float) and math.isnan(value)) or name not in ranges:
             continue
         r = ranges[name]
-        level = int(classify_values(np.array([value]), r.red_low, r.yellow_low, r.yellow_high, r.red_high)[0])
+        level = classify_value(value, r)
         if level > GREEN:
             reasons.append(f"{name}:{COLOURS[level]}")
         worst = max(worst, level)

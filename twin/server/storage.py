@@ -297,10 +297,12 @@ class Tx:
         return [(r[0], r[1]) for r in await self._fetch(
             "SELECT id, payload FROM outbox WHERE kind = ? ORDER BY created LIMIT ?", (kind, limit))]
 
-    async def outbox_done(self, id_: str) -> bool:
-        """Delete the item; False if another worker got there first."""
-        rows = await self._fetch("DELETE FROM outbox WHERE id = ? RETURNING id", (id_,))
-        return bool(rows)
+    async def outbox_claim(self, ids: Sequence[str]) -> set[str]:
+        """Delete the items; returns those deleted here (not those another worker got first)."""
+        if not ids:
+            return set()
+        return {r[0] for r in await self._fetch(f"DELETE FROM outbox WHERE id IN ({', '.join('?' * len(ids))}) "
+                                                "RETURNING id", ids)}
 
     async def audit(self, request: Sequence, patients: Sequence[str]) -> None:
         """One audited request (``AUDIT_REQUEST_COLUMNS`` values) and the patients it touched."""
@@ -321,6 +323,9 @@ class Tx:
 
     async def execute(self, sql: str, params: Sequence = ()) -> None:
         await self._execute(sql, params)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
+        await self._executemany(sql, rows)
 
     async def has_column(self, table: str, column: str) -> bool:
         raise NotImplementedError
