@@ -20,7 +20,6 @@ is idempotent (``CREATE … IF NOT EXISTS``), safe to run at every start.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -397,7 +396,7 @@ class Storage:
         return None
 
     def commit_stats(self) -> dict | None:
-        """How long the database's COMMITs took (SQLite's, which hold its one connection); None where there are none."""
+        """How the database's COMMITs held the event loop (SQLite's run on it); None where they don't."""
         return None
 
     async def analyze(self) -> None:
@@ -445,10 +444,11 @@ class _SqliteTx(Tx):
 
 @dataclass
 class CommitTimes:
-    """How long the SQLite COMMITs took: count, units of work, total, the longest and how many took
-    over ``SLOW_COMMIT_S``. A COMMIT writes the transaction's pages to the WAL; one that also
-    completes a checkpoint copies and fsyncs — the slow ones. A COMMIT runs on its own thread, not
-    on the event loop, but holds the connection: every unit of work waits for it (``/health``)."""
+    """How long the SQLite COMMITs held the event loop: count, units of work, total, the longest and
+    how many took over ``SLOW_COMMIT_S``. A COMMIT writes the transaction's pages to the WAL; one
+    that also completes a checkpoint copies and fsyncs — the slow ones, and a stall for every
+    request waiting on the loop (``/health`` shows them). (On a thread of its own a COMMIT left the
+    loop free only under saturation; at light load the hand-off cost the loop more than the COMMIT.)"""
 
     count: int = 0
     units: int = 0
@@ -478,8 +478,6 @@ class SqliteStorage(Storage):
         self.batch: list[asyncio.Future] | None = None  # units of work in the open write transaction
         self.commit_scheduled = False
         self.commits = CommitTimes()
-        self.commit_thread: concurrent.futures.ThreadPoolExecutor | None = None
-        self.committing: set[asyncio.Task] = set()
 
     def commit_stats(self) -> dict:
         return self.commits.stats()
@@ -487,7 +485,6 @@ class SqliteStorage(Storage):
     async def open(self) -> None:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves. Autocommit reads see committed data.
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        self.commit_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlite-commit")
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash; fsync at checkpoints
         self.conn.execute("PRAGMA busy_timeout=30000")
@@ -553,9 +550,6 @@ class SqliteStorage(Storage):
 
     async def close(self) -> None:
         if self.conn is not None:
-            while self.committing:  # answered units' groups commit before the connection closes
-                await asyncio.gather(*self.committing, return_exceptions=True)
-            self.commit_thread.shutdown()
             await asyncio.to_thread(self.audit_indexer.stop)
             if self._audit_reader is not None:
                 self._audit_reader.close()
@@ -574,12 +568,7 @@ class SqliteStorage(Storage):
         statements. Units that queue for the connection while one runs join the same database
         transaction, each in its own SAVEPOINT (a failing unit rolls back alone); the last unit of a
         burst, or the GROUP_COMMIT_MAX-th, commits for all, and every unit waits for that commit
-        before it returns — so an answered request is always durable.
-
-        The COMMIT itself runs on a thread of its own (sqlite3 releases the GIL while SQLite writes
-        the WAL), holding the connection's lock: meanwhile the event loop parses, authorises and
-        answers other requests on the other core, and units that reach the database queue up and
-        form the next, larger group."""
+        before it returns — so an answered request is always durable."""
         assert self.conn is not None, "storage not open"
         failed: BaseException | None = None
         done: asyncio.Future | None = None
@@ -601,12 +590,12 @@ class SqliteStorage(Storage):
                 done = asyncio.get_running_loop().create_future()
                 self.batch.append(done)
             if len(self.batch) >= GROUP_COMMIT_MAX:
-                await self._commit(self._take_batch())
+                self._commit_batch()
             elif not self.commit_scheduled:
                 # Commit once the coroutines that are ready to run now have had their turn: requests
                 # whose bodies arrived in the same loop iteration join this transaction.
                 self.commit_scheduled = True
-                asyncio.get_running_loop().call_soon(self._start_commit)
+                asyncio.get_running_loop().call_soon(self._commit_batch)
         if failed is not None:
             raise failed
         if done is not None:
@@ -614,29 +603,14 @@ class SqliteStorage(Storage):
             # must not cancel the batch's future — the commit still happens, for the others too
             await asyncio.shield(done)
 
-    def _take_batch(self) -> list[asyncio.Future] | None:
+    def _commit_batch(self) -> None:
         self.commit_scheduled = False
+        if self.batch is None:
+            return  # committed already (the batch filled up before this scheduled call ran)
         batch, self.batch = self.batch, None
-        return batch
-
-    def _start_commit(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._commit_when_free(), name="sqlite-commit")
-        self.committing.add(task)  # a strong reference until done; close() waits for them
-        task.add_done_callback(self.committing.discard)
-
-    async def _commit_when_free(self) -> None:
-        async with self.lock:  # behind the units already queued: they join the batch first
-            batch = self._take_batch()
-            if batch is not None:  # else committed already (the batch filled up before this ran)
-                await self._commit(batch)
-
-    async def _commit(self, batch: list[asyncio.Future] | None) -> None:
-        """COMMIT on the commit thread (the caller holds the lock), then answer every unit of the batch."""
-        if batch is None:
-            return
         started = time.perf_counter()
         try:
-            await asyncio.get_running_loop().run_in_executor(self.commit_thread, self.conn.execute, "COMMIT")
+            self.conn.execute("COMMIT")
             self.commits.add(time.perf_counter() - started, len(batch))
         except Exception as exc:  # the whole group is lost: every unit of it fails, none is answered as stored
             with contextlib.suppress(sqlite3.Error):
