@@ -71,6 +71,11 @@ def test_refs_url_puts_each_type_on_its_service(ref):
         ref.url("Basic", "1")
 
 
+@pytest.mark.parametrize("type_", ["Patient", "Observation", "Task", "CareTeam", "ServiceRequest", "Communication"])
+def test_a_stored_resource_gets_the_same_url_unchecked(ref, type_):
+    assert ref.stored_url(type_, "lmnopqrstuv-abcdefgh") == ref.url(type_, "lmnopqrstuv-abcdefgh")
+
+
 @pytest.mark.parametrize("text, expected", [
     (f"{BASE}/patient/Patient/7", ("Patient", "7")),
     (f"{BASE}/measurement/Observation/921/_history/1", ("Observation", "921")),

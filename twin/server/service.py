@@ -176,9 +176,9 @@ class Service:
 
     def searchset(self, request: Request, rows: Sequence[Row | Listed], included: Sequence[Row | Listed] = (),
                   total: int | None = None, next_offset: int | None = None) -> Response:
-        entries = [{"fullUrl": self.refs.url(r.type, r.id), "resource": jsonfast.raw(r.body), "mode": "match"}
-                   for r in rows]
-        entries += [{"fullUrl": self.refs.url(r.type, r.id), "resource": jsonfast.raw(r.body), "mode": "include"}
+        url = self.refs.stored_url
+        entries = [{"fullUrl": url(r.type, r.id), "resource": jsonfast.raw(r.body), "mode": "match"} for r in rows]
+        entries += [{"fullUrl": url(r.type, r.id), "resource": jsonfast.raw(r.body), "mode": "include"}
                     for r in included]
         next_url = page_url(request, next_offset) if next_offset is not None else None
         return fhir_response(fr.bundle_searchset(entries, total, str(request.url), next_url))

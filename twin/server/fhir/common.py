@@ -169,6 +169,11 @@ class Refs:
             raise ValueError(f"unknown resource type {type_!r}")
         return f"{self.base}/{SERVICE[type_]}/{type_}/{_check_id(id_)}"
 
+    def stored_url(self, type_: str, id_: str) -> str:
+        """:meth:`url` of a resource read from the database, whose type and id were checked when it
+        was written: a search page builds fifty of them."""
+        return f"{self.base}/{SERVICE[type_]}/{type_}/{id_}"
+
     def ref(self, type_: str, id_: str | int) -> dict:
         """A FHIR Reference to ``type_/id_``."""
         return {"reference": self.url(type_, id_)}
