@@ -41,6 +41,7 @@ GROUP_COMMIT_MAX = 32  # units of work per SQLite commit at most (bounds the wai
 SLOW_COMMIT_S = 0.002  # a COMMIT longer than this is counted as slow (CommitTimes)
 CHECKPOINT_EVERY_S = 0.01  # background checkpoint passes (see SqliteStorage._checkpoint_loop)
 CHECKPOINT_IDLE_S = 0.1  # … and while nothing new was committed
+WAL_AUTOCHECKPOINT_PAGES = 4000  # the writer completes a checkpoint when the WAL passes this (see open)
 COLUMNS = ("type", "id", "version", "last_updated", "patient", "episode", "team", "org", "status", "code",
            "effective", "priority", "ident", "body")
 
@@ -495,7 +496,10 @@ class SqliteStorage(Storage):
         # but then only copies the few pages the thread has not yet: that completes the checkpoint,
         # which lets the next transaction start the WAL over (the thread alone never catches a
         # moment with nothing left to copy under steady writes, and the WAL would grow without end).
-        self.conn.execute("PRAGMA wal_autocheckpoint=1000")
+        # That completing checkpoint also fsyncs the database file, on the loop: every 4,000 pages
+        # (a WAL of 16 MB at most), not SQLite's 1,000 — at 1,000 a sixth of the COMMITs under full
+        # submission load took over 2 ms (up to 16); at 4,000: submissions +3 %, p95 33 -> 29 ms.
+        self.conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the indexes of a year's data stay in memory
         self.conn.execute("PRAGMA mmap_size=268435456")
         self.conn.execute("PRAGMA temp_store=MEMORY")

@@ -1,0 +1,32 @@
+"""SQLite's WAL stays bounded under steady writes: the writer completes a checkpoint every
+``WAL_AUTOCHECKPOINT_PAGES`` and the WAL starts over, beside the background checkpointer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from tests.unit.sqlite_storage import migrated_sqlite
+from twin.server.storage import WAL_AUTOCHECKPOINT_PAGES, Row
+
+PAGE_BYTES = 4096
+
+
+def test_the_wal_stays_bounded_while_three_times_its_limit_is_written(tmp_path):
+    body = "x" * 4000  # about a page per row
+
+    async def go() -> tuple[int, int]:
+        async with migrated_sqlite(tmp_path / "w.db") as storage:
+            written = 0
+            for batch in range(3 * WAL_AUTOCHECKPOINT_PAGES // 100):
+                async with storage.transaction() as tx:
+                    await tx.insert([Row("Observation", f"o-{batch}-{k}", 1, "2026-01-05T08:00:00+00:00", "p-1", "e-1",
+                                         "ct-1", "o-1", "final", "c", "2026-01-05T08:00:00+00:00", None, None, body)
+                                     for k in range(100)])
+                written += 100 * len(body)
+            return written, os.path.getsize(f"{tmp_path / 'w.db'}-wal")
+
+    written, wal_bytes = asyncio.run(go())
+    assert written > 3 * WAL_AUTOCHECKPOINT_PAGES * PAGE_BYTES * 0.9
+    # the WAL never holds much more than the limit plus one transaction (and its index pages)
+    assert wal_bytes < 1.5 * WAL_AUTOCHECKPOINT_PAGES * PAGE_BYTES
