@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from loadtests import schedule  # noqa: E402
 from twin.capacity import calibrate as cb  # noqa: E402
 from twin.capacity import directload as dl  # noqa: E402
-from twin.capacity.pipeline import _wait_triage_idle  # noqa: E402
+from twin.capacity.pipeline import IDLE_S, wait_triage_idle  # noqa: E402
 from twin.loadtest.runner import LoadTestRun, LocalServer, ensure_trace  # noqa: E402
 from twin.platform import arrivals_from_trace, endpoint_mix  # noqa: E402
 from twin.scenario import load_scenario  # noqa: E402
@@ -65,13 +65,13 @@ def main() -> int:
             fresh = dl.FreshPools(lambda: dl.build_pools(server.base_url, in_peak, teams, seed=1, submissions=per_round))
             mix = dl.direct_mix(trace_mix, fresh.pools)
             c0, t0 = cb.event_loop_cpu_s(pid), time.monotonic()
-            time.sleep(2.0)  # the server at rest: its timers' CPU
-            idle_per_s = (cb.event_loop_cpu_s(pid) - c0) / (time.monotonic() - t0)
+            time.sleep(IDLE_S)  # the server at rest: its timers' CPU, as the capacity pipeline measures it
+            idle_per_s = cb.idle_cpu_rate(cb.event_loop_cpu_s(pid) - c0, time.monotonic() - t0)
 
             def cost_ms(run) -> tuple[float, float, object]:
                 c0, t0, w0 = cb.event_loop_cpu_s(pid), time.monotonic(), cb.TriageWork.read(server.base_url)
                 req = run()
-                _wait_triage_idle(server.base_url)
+                wait_triage_idle(server.base_url)
                 wall, cpu = time.monotonic() - t0, cb.event_loop_cpu_s(pid) - c0
                 triage = cb.TriageWork.read(server.base_url) - w0
                 return 1000.0 * cb.request_cpu_s(cpu, idle_per_s, wall, triage.busy_s) / max(len(req), 1), cpu / wall, req

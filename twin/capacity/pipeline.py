@@ -88,9 +88,10 @@ IDLE_S = 2.0  # the server's idle CPU is measured over this long before the cali
 LEVEL_SHARES = (0.2, 0.5, 0.8)  # of the open-model capacity (issue 4: judge up to 80 %)
 SWEEP_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)  # closed-loop clients per step of the concurrency sweep
 OPEN_CALIBRATION_SHARES = (0.08, 0.3, 0.55)  # of the single client's rate: three open calibration loads
-# The lowest sets the non-queueing time (open_overhead_ms); the cost line is fitted on the others
-# (see fit_open_demand's call): on this VM a loop idle for long stretches pays more per wake-up.
-WAKE_LINE_RUNS = slice(1, None)
+# The lowest sets the non-queueing time (open_overhead_ms); the cost line and the service cv are
+# fitted on the busier ones (see fit_open_demand's call): on this VM a loop idle for long stretches
+# pays more per wake-up.
+BUSIER_LOADS = slice(1, None)
 OVERLOAD_SHARES = (2.0, 0.5)  # of the open-model capacity: the overload, then the recovery
 SHARES = {"calibration": 0.08, "open_calibration": 0.04, "level": 0.07, "sweep": 0.2, "replay": 0.1,
           "overload": 0.04}  # of the budget, per run
@@ -148,7 +149,7 @@ def _window_spec(start: pd.Timestamp, end: pd.Timestamp) -> str:
     return f"{start.isoformat()}..{end.isoformat()}"
 
 
-def _wait_triage_idle(base_url: str, limit_s: float = 30.0) -> int:
+def wait_triage_idle(base_url: str, limit_s: float = 30.0) -> int:
     """The server's triaged count once it stops moving (the triage of a run's submissions is done)."""
     deadline = time.monotonic() + limit_s
     last = cb.triaged_count(base_url)
@@ -368,7 +369,7 @@ def run_capacity(run: CapacityRun) -> dict:
             cal_s = SHARES["calibration"] * budget
             c0, w0, t0 = cb.event_loop_cpu_s(pid), cb.TriageWork.read(server.base_url), time.monotonic()
             cal_req = dl.single_client_run(fresh.get(cal_s), cal_mix, cal_s, run.seed)
-            _wait_triage_idle(server.base_url)
+            wait_triage_idle(server.base_url)
             triage = cb.TriageWork.read(server.base_url) - w0
             wall = time.monotonic() - t0
             cpu = cb.event_loop_cpu_s(pid) - c0
@@ -393,7 +394,7 @@ def run_capacity(run: CapacityRun) -> dict:
             steps = dl.closed_sweep(fresh.get(step_s * len(SWEEP_CONCURRENCY)), mix, SWEEP_CONCURRENCY, step_s, run.seed)
             measured_sat_per_s = float(steps["throughput_per_s"].max())
             _say(run, f"capacity {name}: sweep: saturation {measured_sat_per_s:.0f} req/s")
-            _wait_triage_idle(server.base_url)
+            wait_triage_idle(server.base_url)
             # 3. open-model calibration: three low open loads (operational analysis of the loop's CPU)
             single_rate_per_s = len(cal_req) / cal_s
             open_cal_runs, open_cal_req = [], []
@@ -403,7 +404,7 @@ def run_capacity(run: CapacityRun) -> dict:
                 req = dl.open_run(fresh.get(SHARES["open_calibration"] * budget), mix, share * single_rate_per_s,
                                   SHARES["open_calibration"] * budget,
                                   run.seed + 50 + k)
-                _wait_triage_idle(server.base_url)
+                wait_triage_idle(server.base_url)
                 triage_k = cb.TriageWork.read(server.base_url) - w0
                 open_cal_runs.append({"rate_per_s": share * single_rate_per_s, "wall_s": time.monotonic() - t0,
                                       "requests": len(req), "cpu_s": cb.event_loop_cpu_s(pid) - c0,
@@ -418,7 +419,7 @@ def run_capacity(run: CapacityRun) -> dict:
             # the fit fell back to one constant cost, and that overstated the cost at 70-80 % busy by
             # 6-8 % — which the tail multiplies: p95 +38 / +49 % in two runs; the line through the
             # busier two: -13 / +1 % (offline, the same runs). Never cheaper than the closed loop.
-            open_fit = cb.fit_open_demand(open_cal_runs[WAKE_LINE_RUNS], idle_rate, measured_sat_per_s)
+            open_fit = cb.fit_open_demand(open_cal_runs[BUSIER_LOADS], idle_rate, measured_sat_per_s)
             lowest = open_cal_req[0]
             # Each endpoint's share of the cost comes from the single client (thousands of requests,
             # every endpoint well sampled; a 4-s open load has a dozen of the rarer ones and must
@@ -456,7 +457,7 @@ def run_capacity(run: CapacityRun) -> dict:
                 with cb.LoopCpuSampler(pid) as sampler:
                     req = dl.open_run(fresh.get(level_s), mix, rate_per_s, level_s, run.seed + 100 + k)
                 sampler.frame().to_csv(out / "runs" / f"{label}-loop-cpu.csv", index=False)
-                _wait_triage_idle(server.base_url)
+                wait_triage_idle(server.base_url)
                 level_cpu_s = cb.event_loop_cpu_s(pid) - c0
                 level_runqueue_s = cb.event_loop_runqueue_s(pid) - q0
                 h1 = cb.server_health(server.base_url)
@@ -498,7 +499,7 @@ def run_capacity(run: CapacityRun) -> dict:
                                if late_half.any() else None})
             summary["overload"] = {"phases": phases, "phase_s": over_s,
                                    "normal_p95_ms": float(measured[0].query("endpoint == 'all'")["p95_ms"].iloc[0])}
-            _wait_triage_idle(server.base_url)
+            wait_triage_idle(server.base_url)
             # 6. the trace itself, replayed by Locust through the real call sequences (realism, not judged:
             #    Locust's client time differs from the direct client's overhead)
             replay_s = SHARES["replay"] * budget
@@ -516,7 +517,7 @@ def run_capacity(run: CapacityRun) -> dict:
             runs.append({"label": "locust-replay", "speedup": sp, "requests": int(len(replay_req)),
                          "failed": int((replay_req["ok"] == 0).sum()) if len(replay_req) else 0,
                          "summary": {k: s.get(k) for k in ("wall_s", "requests", "failures") if k in s}})
-            _wait_triage_idle(server.base_url)
+            wait_triage_idle(server.base_url)
             bytes_after, triaged_after = sg.table_bytes(db), cb.triaged_count(server.base_url)
         finally:
             server.stop()
@@ -530,7 +531,7 @@ def run_capacity(run: CapacityRun) -> dict:
     # every level predicted from that calibration alone, on exactly its arrivals.
     t = time.monotonic()
     open_overhead = open_overhead_ms(lowest, open_cal, model_cfg, run.seed, overhead_ms)
-    service_cv, cv_fit = choose_service_cv(open_cal_req[1:], open_cal, model_cfg, open_overhead, run.seed)
+    service_cv, cv_fit = choose_service_cv(open_cal_req[BUSIER_LOADS], open_cal, model_cfg, open_overhead, run.seed)
     open_cal = cb.with_service_cv(open_cal, service_cv)
     save_calibration(open_cal, out / "calibration_open.json")
     open_overhead = open_overhead_ms(lowest, open_cal, model_cfg, run.seed, overhead_ms)

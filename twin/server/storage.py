@@ -257,8 +257,8 @@ class Tx:
         # First the ids alone, from the ident index: the usual answer is "none" (a new submission,
         # a new citizen), and a query naming 14 columns costs twice one naming 1 even when it
         # finds nothing (the driver describes every column of every statement it runs).
-        ids = [r[0] for r in await self._select(("id",), type_, [Filter("ident", "in", list(idents))], (),
-                                                len(idents) + 1, 0)]
+        ids = [r[0] for r in await self.search_columns(("id",), type_, [Filter("ident", "in", list(idents))],
+                                                       len(idents) + 1)]
         return await self.search(type_, [Filter("id", "in", ids)], limit=len(ids)) if ids else []
 
     async def search_columns(self, columns: Sequence[str], type_: str, filters: Sequence[Filter] = (),

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from twin.rules import MEASUREMENTS
+from twin.rules import MEASUREMENTS, ReferenceRanges
 from twin.server import fhir as fr
 from twin.server import jsonfast
 from twin.server.errors import FhirError, bad_request, unprocessable
@@ -63,7 +63,7 @@ class Plan:
     entries: list[dict]  # the bundle entries, resources as submitted
     idents: list[str]
     service_requests: dict[str, RequestFacts] = field(default_factory=dict)
-    ranges: dict[str, object] = field(default_factory=dict)  # ServiceRequest id -> its ReferenceRanges
+    ranges: dict[str, ReferenceRanges] = field(default_factory=dict)  # by ServiceRequest id
 
 
 def _ref_id(refs, reference: str | None, expected_type: str, what: str) -> str:
@@ -290,11 +290,11 @@ def measurement_of(resource: dict) -> str | None:
     return m.name if m else None
 
 
-_RANGES: dict[tuple[str, int], object] = {}
+_RANGES: dict[tuple[str, int], ReferenceRanges] = {}
 _RANGES_MAX = 200_000  # ~25 MB at most; 10,000 citizens have ~45,000 ServiceRequests
 
 
-def _ranges(sr_id: str, version: int, body: str):
+def _ranges(sr_id: str, version: int, body: str) -> ReferenceRanges:
     """A ServiceRequest's thresholds, parsed once per (id, version): a citizen's four or five
     requests are read at every submission but change only when a clinician adjusts them (a new
     version, so a new key)."""

@@ -1,7 +1,7 @@
 """Triage off the request's critical path, durably.
 
 A submission's transaction also writes an ``outbox`` row. This worker takes outbox rows and, in one
-transaction per submission, computes the triage with the shared rules (:mod:`twin.rules`, the same
+transaction per batch of up to ``BATCH`` (one item alone when a batch failed), computes the triage with the shared rules (:mod:`twin.rules`, the same
 code the twin counted its alerts with), writes the ClinicalImpression ``TriagingResult``, the Task
 ``MeasurementForAssessment`` for the patient's care team (priority from the colour) and, for red, a
 message to the team, and deletes the outbox row. A crash before that commit leaves the row, so the
@@ -35,18 +35,11 @@ PRIORITY = {"red": "asap", "yellow": "urgent", "green": "routine"}  # FHIR reque
 PRIORITY_RANK = {"routine": 0, "urgent": 1, "asap": 2, "stat": 3}  # sort key of the worklist (-priority)
 
 
-async def triage_one(tx: Tx, outbox_id: str, payload: dict, refs, questionnaires: dict | None = None) -> str | None:
-    """Triage one submission inside ``tx``; returns the colour, or None if another worker did it first."""
-    if not await tx.outbox_claim([outbox_id]):
-        return None  # the outbox row is gone: triaged already (its DELETE waited for the other commit)
-    finding = await assess(tx, payload, refs, questionnaires)
-    await _store(tx, *triage_rows(outbox_id, payload, refs, finding))
-    return finding.colour
-
-
 async def triage_batch(tx: Tx, pending: list[tuple[str, dict]], refs, questionnaires: dict | None = None) -> int:
-    """Triage several submissions inside ``tx`` with one claim and one insert for all (on
-    PostgreSQL two round trips instead of two per submission); returns how many were ours."""
+    """Triage submissions (outbox id, payload) inside ``tx`` with one claim and one insert for all
+    (on PostgreSQL two round trips instead of two per submission); returns how many were ours —
+    an item whose outbox row is gone was triaged by another worker (its DELETE waited for that
+    commit)."""
     claimed = await tx.outbox_claim([outbox_id for outbox_id, _ in pending])
     rows: list[Row] = []
     messages: list[tuple[str, str]] = []
@@ -215,8 +208,8 @@ class TriageWorker:
             rows = await tx.fetch("SELECT payload FROM outbox WHERE id = ? AND kind = 'triage'", (outbox_id,))
             if not rows:
                 return [], 0
-            colour = await triage_one(tx, outbox_id, jsonfast.loads(rows[0][0]), self.refs, self.questionnaires)
-        return rows, int(colour is not None)
+            done = await triage_batch(tx, [(outbox_id, jsonfast.loads(rows[0][0]))], self.refs, self.questionnaires)
+        return rows, done
 
     async def _nightly(self) -> None:
         """Yesterday's missing-measurement job, once per UTC day (the database stops a second run)."""
