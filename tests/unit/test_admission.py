@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-from twin.server.admission import Admission
+import pytest
+
+from twin.server.admission import HEARTBEAT_S, Admission
 
 
 class GatedApp:
@@ -120,5 +122,39 @@ def test_a_waiter_that_gives_up_is_dropped_and_the_slot_still_moves_on():
         assert (await patient)[0] == 200
         assert quitter.cancelled()
         assert (app.inflight, len(app.waiters)) == (0, 0)
+
+    asyncio.run(go())
+
+
+def test_the_service_rate_is_learnt_only_while_requests_wait_so_a_burst_after_a_quiet_spell_is_served():
+    async def go():
+        inner = GatedApp()
+        app = Admission(inner, max_inflight=1, max_wait_ms=100, max_queue=100, clock=lambda: 0.0)
+        t = [0.0]
+
+        def beats(seconds: float, completions_per_beat: int) -> None:
+            for _ in range(round(seconds / HEARTBEAT_S)):
+                t[0] += HEARTBEAT_S
+                app.completed += completions_per_beat
+                app.on_beat(t[0], t[0])
+
+        beats(2.0, 0)  # a quiet spell: now and then a request, never one waiting
+        app.completed += 3
+        beats(1.0, 0)
+        assert app.rate_per_s == 0.0  # nothing learnt: the completions were the load, not the capacity
+
+        # a burst: one running, five waiting; an expected wait of 5 / (3 per s) would refuse them all
+        burst = [asyncio.create_task(_request(app)) for _ in range(6)]
+        await _settle()
+        assert (app.inflight, len(app.waiters), app.shed) == (1, 5, 0)
+
+        beats(1.0, 2)  # requests waited at every beat: 2 per 5-ms beat is the service rate
+        assert app.rate_per_s == pytest.approx(400.0, rel=0.05)
+        for k in range(6):  # work the burst off
+            inner.gates[k].set_result(None)
+            await _settle()
+        assert [(await b)[0] for b in burst] == [200] * 6
+        beats(1.0, 1)  # quiet again: the service rate is kept
+        assert app.rate_per_s == pytest.approx(400.0, rel=0.05)
 
     asyncio.run(go())

@@ -9,7 +9,8 @@ collapse). Admission control keeps the queue short instead:
   SQLite and the connection pool on PostgreSQL; more only adds waiting inside the server);
 * the rest wait in one first-come-first-served queue;
 * a request that has waited ``max_wait_ms`` when its turn comes, or that finds ``max_queue`` ahead
-  of it, or whose expected wait (the queue ahead of it at the recent completion rate) exceeds
+  of it, or whose expected wait (the queue ahead of it at the service rate, learnt while the queue
+  was never empty) exceeds
   ``max_wait_ms``, is answered at once with ``503`` and ``Retry-After`` — an OperationOutcome, like
   every error. Refusing at arrival is kinder than after the wait: the app can retry sooner.
 
@@ -58,7 +59,13 @@ class Admission:
         self.limit = max_inflight  # adapted to the loop's lag, at most max_inflight
         self.lag_s = 0.0  # the heartbeat's lag, smoothed
         self.completed = 0
-        self.rate_per_s = 0.0  # recent completions per second (EWMA over RATE_WINDOW_S windows)
+        # The service rate: completions per second in RATE_WINDOW_S windows during which requests
+        # waited at every beat (EWMA). Only such windows tell what the service can work off; a
+        # quiet window's completions are the offered load, and a rate learnt from them would shed a
+        # burst after a quiet spell (a Monday morning) that the service could serve in time.
+        self.rate_per_s = 0.0
+        self._window: tuple[float, int] | None = None  # (start, completed then)
+        self._window_beats = self._window_busy_beats = 0
         self._heartbeat: asyncio.Task | None = None
         self.waiters: collections.deque[asyncio.Future] = collections.deque()
         self.admitted = 0
@@ -72,25 +79,35 @@ class Admission:
 
     async def _beat(self) -> None:
         loop = asyncio.get_running_loop()
-        window_start, completed_then = loop.time(), self.completed
         while True:
             planned = loop.time() + HEARTBEAT_S
             await asyncio.sleep(HEARTBEAT_S)
-            now = loop.time()
-            # smoothed: one late beat (a garbage collection, a big group commit, a noisy neighbour) is no trend
-            self.lag_s = 0.8 * self.lag_s + 0.2 * max(0.0, now - planned)
-            if now - window_start >= RATE_WINDOW_S:
-                rate = (self.completed - completed_then) / (now - window_start)
-                self.rate_per_s = 0.7 * self.rate_per_s + 0.3 * rate
-                window_start, completed_then = now, self.completed
-            if self.lag_s > LAG_TARGET_S:
-                self.limit = max(1, (self.limit * 9) // 10)
-            elif self.limit < self.max_inflight:
-                self.limit += 1
-                while self.waiters and self.inflight < self.limit:  # a raised limit admits waiters
-                    if not self._wake_next():
-                        break
-                    self.inflight += 1
+            self.on_beat(planned, loop.time())
+
+    def on_beat(self, planned: float, now: float) -> None:
+        """A heartbeat that was due at ``planned`` ran at ``now`` (loop seconds): adapt the limit to
+        the loop's lag and learn the service rate."""
+        # smoothed: one late beat (a garbage collection, a big group commit, a noisy neighbour) is no trend
+        self.lag_s = 0.8 * self.lag_s + 0.2 * max(0.0, now - planned)
+        if self._window is None:
+            self._window = (now, self.completed)
+        self._window_beats += 1
+        self._window_busy_beats += bool(self.waiters)
+        start, completed_then = self._window
+        if now - start >= RATE_WINDOW_S:
+            if self._window_busy_beats == self._window_beats:
+                rate = (self.completed - completed_then) / (now - start)
+                self.rate_per_s = rate if self.rate_per_s == 0 else 0.7 * self.rate_per_s + 0.3 * rate
+            self._window = (now, self.completed)
+            self._window_beats = self._window_busy_beats = 0
+        if self.lag_s > LAG_TARGET_S:
+            self.limit = max(1, (self.limit * 9) // 10)
+        elif self.limit < self.max_inflight:
+            self.limit += 1
+            while self.waiters and self.inflight < self.limit:  # a raised limit admits waiters
+                if not self._wake_next():
+                    break
+                self.inflight += 1
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
