@@ -58,8 +58,8 @@ from twin.server.search import (
     reference_param,
     storage_instant,
 )
-from twin.server.service import Service, fhir_response, now_iso, page_count, page_offset, read_json
-from twin.server.storage import Filter, Row, new_id
+from twin.server.service import Service, audit_record, fhir_response, now_iso, page_count, page_offset, read_json
+from twin.server.storage import Filter, OutboxItem, Row, new_id
 from twin.server.submission import (
     BY_CODE,
     check_submission,
@@ -78,19 +78,18 @@ async def submit_measurement(self: Service, request: Request) -> Response:
     now = now_iso()
     # A parallel copy of the same submission that commits first makes our insert violate the
     # unique identifier index; `guarded` then runs this handler again, which answers 200 as a
-    # resubmission. Either way the submission is stored once.
-    async with self.storage.transaction() as tx:
+    # resubmission. Either way the submission is stored once. All writes are one `store`: the
+    # resources, the outbox item that makes the triage happen, and the audit record.
+    async with self.storage.transaction(one_write=True) as tx:
         existing = await tx.get_by_ident("Provenance", [submission_key(idents)])
         if existing:
             return await _already_submitted(self, tx, claims, idents, existing[0])
         plan = await check_submission(entries, idents, claims, tx, self.refs)
         rows, locations = store_rows(plan, self.refs, now)
-        await tx.insert(rows)
-        outbox_id = new_id()
-        await tx.outbox_put(outbox_id, "triage", jsonfast.dumps({
+        triage = OutboxItem(new_id(), "triage", jsonfast.dumps({
             "patient": plan.patient_id, "episode": plan.episode_id, "team": plan.team_id, "org": plan.org_id,
             "resources": [[r.type, r.id] for r in rows if r.type != "Provenance"], **triage_input(plan)}), now)
-        await self.audit(tx, claims, "C", "$submit-measurement", [plan.patient_id], "Bundle")
+        await tx.store(rows, triage, audit_record(claims, "C", "$submit-measurement", [plan.patient_id], "Bundle"))
     self.triage.wake.set()
     return fhir_response(fr.bundle_transaction_response([(loc, now, "201 Created") for loc in locations]), 201)
 

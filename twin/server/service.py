@@ -19,7 +19,7 @@ from twin.server import auth, jsonfast
 from twin.server import fhir as fr
 from twin.server.errors import FHIR_JSON, FhirError, bad_request, not_found
 from twin.server.settings import Settings
-from twin.server.storage import Listed, Row, Storage
+from twin.server.storage import AuditRecord, Listed, Row, Storage
 from twin.server.triage_worker import TriageWorker
 
 SERVICE_OF = {"Patient": "patient", "Communication": "patient", "EpisodeOfCare": "careplan", "CarePlan": "careplan",
@@ -33,6 +33,17 @@ DEFAULT_COUNT = 50
 
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def audit_record(claims: auth.Claims, action: str, subtype: str | None, patients, resource_type: str,
+                 resource_id: str | None = None, query: str | None = None) -> AuditRecord | None:
+    """What the audit keeps of a request (action C/R/U/E, who, for which organisation, what) and the
+    patients it touched; None when it touched none."""
+    touched = sorted({p for p in patients if p})
+    if not touched:
+        return None
+    return AuditRecord((now_iso(), uuid.uuid4().hex, claims.user_type, claims.user_id, claims.context.organization_id,
+                        action, subtype, resource_type, resource_id, query), touched)
 
 
 def password_hash(username: str, password: str) -> str:
@@ -105,10 +116,9 @@ class Service:
     async def audit(self, tx, claims: auth.Claims, action: str, subtype: str | None, patients, resource_type: str,
                     resource_id: str | None = None, query: str | None = None) -> None:
         """One audit row per patient touched (FUT: one AuditEvent per patient), in the request's transaction."""
-        touched = sorted({p for p in patients if p})
-        if touched:
-            await tx.audit((now_iso(), uuid.uuid4().hex, claims.user_type, claims.user_id,
-                            claims.context.organization_id, action, subtype, resource_type, resource_id, query), touched)
+        record = audit_record(claims, action, subtype, patients, resource_type, resource_id, query)
+        if record is not None:
+            await tx.audit(*record)
 
     async def require_membership(self, tx, claims: auth.Claims) -> None:
         """403 ``SECURITY_TOKEN_CONTEXT_NOT_ALLOWED`` unless a practitioner's token context still holds.

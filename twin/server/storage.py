@@ -71,6 +71,22 @@ class Row:
                 self.status, self.code, self.effective, self.priority, self.ident, self.body)
 
 
+class OutboxItem(NamedTuple):
+    """Work the service owes after answering (e.g. the triage of a submission), stored with the data."""
+
+    id: str
+    kind: str
+    payload: str
+    created: str
+
+
+class AuditRecord(NamedTuple):
+    """One audited request (``AUDIT_REQUEST_COLUMNS`` values) and the patients it touched."""
+
+    request: tuple
+    patients: list[str]
+
+
 class Listed(NamedTuple):
     """A search hit with only what a page of results and its audit need. A full :class:`Row` makes
     fourteen Python values per hit; a worklist page of 50 Tasks and their 50 focus resources spent
@@ -289,6 +305,16 @@ class Tx:
         where, params = _where(type_, filters)
         return int((await self._fetch(f"SELECT COUNT(*) FROM resources WHERE {where}", params))[0][0])
 
+    async def store(self, rows: Sequence[Row], outbox: OutboxItem | None = None,
+                    audit: AuditRecord | None = None) -> None:
+        """New resources with the outbox item and the audit record that go with them: the writes of
+        a submission. Here as separate statements; PostgreSQL makes them one (see _PgTx.store)."""
+        await self.insert(rows)
+        if outbox is not None:
+            await self.outbox_put(*outbox)
+        if audit is not None:
+            await self.audit(*audit)
+
     async def outbox_put(self, id_: str, kind: str, payload: str, created: str) -> None:
         await self._execute("INSERT INTO outbox (id, kind, payload, created) VALUES (?, ?, ?, ?)",
                             (id_, kind, payload, created))
@@ -378,7 +404,14 @@ class Storage:
     async def close(self) -> None:
         raise NotImplementedError
 
-    def transaction(self) -> contextlib.AbstractAsyncContextManager[Tx]:
+    def transaction(self, one_write: bool = False) -> contextlib.AbstractAsyncContextManager[Tx]:
+        """One unit of work, atomic and durable when the block ends.
+
+        ``one_write``: the caller promises the block writes with one statement at most (reads
+        first, then e.g. one :meth:`Tx.store`). A database that commits a single statement on its
+        own may then skip the transaction around it: on PostgreSQL, whose reads see committed data
+        statement by statement anyway (READ COMMITTED), that saves BEGIN and COMMIT — two of a
+        submission's round trips. A second write in such a block raises."""
         raise NotImplementedError
 
     async def migrate(self) -> None:
@@ -565,8 +598,9 @@ class SqliteStorage(Storage):
             self.conn = None
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
-        """One unit of work, committed before the caller goes on — possibly together with others.
+    async def transaction(self, one_write: bool = False) -> AsyncIterator[Tx]:
+        """One unit of work, committed before the caller goes on — possibly together with others
+        (``one_write`` changes nothing here: the unit is a savepoint of a group commit anyway).
 
         Group commit: a COMMIT costs ~0.3 ms (the WAL pages it writes), more than a submission's own
         statements. Units that queue for the connection while one runs join the same database
@@ -645,20 +679,70 @@ _PG_AUDIT = (f"WITH r AS (INSERT INTO audit_request ({', '.join(AUDIT_REQUEST_CO
              f"SELECT p, $1, r.id FROM r, unnest(${len(AUDIT_REQUEST_COLUMNS) + 1}::text[]) AS p")
 
 
+_PG_COLUMN_TYPES = {"version": "int", "priority": "int"}  # the rest are text
+
+
+@functools.lru_cache(maxsize=4)
+def _pg_store(with_outbox: bool, with_audit: bool) -> str:
+    """One statement for :meth:`Tx.store`: the rows from arrays (one per column), the outbox item
+    and the audit record as data-modifying CTEs, which PostgreSQL always runs to completion."""
+    n = len(COLUMNS)
+    arrays = ", ".join(f"${k + 1}::{_PG_COLUMN_TYPES.get(c, 'text')}[]" for k, c in enumerate(COLUMNS))
+    ctes = [f"stored AS (INSERT INTO resources ({', '.join(COLUMNS)}) SELECT * FROM unnest({arrays}))"]
+    if with_outbox:
+        ctes.append(f"queued AS (INSERT INTO outbox (id, kind, payload, created) VALUES "
+                    f"(${n + 1}, ${n + 2}, ${n + 3}, ${n + 4}))")
+        n += 4
+    if not with_audit:
+        return f"WITH {', '.join(ctes)} SELECT 1"
+    request = ", ".join(f"${n + k + 1}" for k in range(len(AUDIT_REQUEST_COLUMNS)))
+    ctes.append(f"r AS (INSERT INTO audit_request ({', '.join(AUDIT_REQUEST_COLUMNS)}) VALUES ({request}) RETURNING id)")
+    return (f"WITH {', '.join(ctes)} INSERT INTO audit_patient (patient, at, request) "
+            f"SELECT p, ${n + 1}, r.id FROM r, unnest(${n + len(AUDIT_REQUEST_COLUMNS) + 1}::text[]) AS p")
+
+
 class _PgTx(Tx):
+    """Statements on one pooled connection: inside a transaction, or — ``one_write`` — each on its
+    own, for a unit whose only write is one statement (atomic by itself; see Storage.transaction)."""
+
     dialect = "postgresql"
 
-    def __init__(self, conn) -> None:
+    def __init__(self, conn, one_write: bool = False) -> None:
         self.conn = conn
+        self.one_write = one_write
+        self.wrote = False
+
+    def _writing(self, sql: str = "") -> None:
+        """Refuse a second write in a ``one_write`` unit: it would commit apart from the first."""
+        if not self.one_write or sql.lstrip()[:6].upper() == "SELECT":
+            return
+        if self.wrote:
+            raise RuntimeError("a one_write transaction made a second write; use a plain transaction()")
+        self.wrote = True
 
     async def _executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
+        self._writing(sql)
         await self.conn.executemany(_pg(sql), rows)
 
     async def _execute(self, sql: str, params: Sequence = ()) -> None:
+        self._writing(sql)
         await self.conn.execute(_pg(sql), *params)
 
     async def _fetch(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        self._writing(sql)
         return [tuple(r) for r in await self.conn.fetch(_pg(sql), *params)]
+
+    async def store(self, rows: Sequence[Row], outbox: OutboxItem | None = None,
+                    audit: AuditRecord | None = None) -> None:
+        # One round trip instead of three (and, in a one_write unit, no BEGIN and COMMIT either).
+        self._writing()
+        params: list = [list(column) for column in zip(*(r.params() for r in rows), strict=True)] if rows else \
+            [[] for _ in COLUMNS]
+        if outbox is not None:
+            params += outbox
+        if audit is not None:
+            params += [*audit.request, list(audit.patients)]
+        await self.conn.execute(_pg_store(outbox is not None, audit is not None), *params)
 
     async def has_column(self, table: str, column: str) -> bool:
         return bool(await self.conn.fetch("SELECT 1 FROM information_schema.columns WHERE table_schema = "
@@ -667,9 +751,11 @@ class _PgTx(Tx):
     async def audit(self, request: Sequence, patients: Sequence[str]) -> None:
         # One round trip instead of two: the request row and its patients' keys in one statement
         # (a data-modifying CTE always runs, also when there are no patients).
+        self._writing()
         await self.conn.execute(_PG_AUDIT, *request, list(patients))
 
     async def insert(self, rows: Sequence[Row]) -> None:
+        self._writing()
         await self.conn.executemany(_pg(f"INSERT INTO resources ({', '.join(COLUMNS)}) VALUES "
                                         f"({', '.join('?' * len(COLUMNS))})"), [r.params() for r in rows])
 
@@ -691,8 +777,12 @@ class PostgresStorage(Storage):
             self.pool = None
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
+    async def transaction(self, one_write: bool = False) -> AsyncIterator[Tx]:
         assert self.pool is not None, "storage not open"
+        if one_write:
+            async with self.pool.acquire() as conn:
+                yield _PgTx(conn, one_write=True)
+            return
         async with self.pool.acquire() as conn, conn.transaction():
             yield _PgTx(conn)
 

@@ -1,0 +1,135 @@
+"""``Tx.store`` — a submission's writes (resources, outbox item, audit record) — on both databases,
+and the ``one_write`` unit that lets PostgreSQL run it without BEGIN and COMMIT.
+
+Storage-level tests against real SQLite and real PostgreSQL: the rows come back as stored, a
+store that violates the unique identifier index leaves nothing behind (no resource, no outbox
+item, no audit row), and a ``one_write`` unit refuses a second write instead of committing it
+apart from the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from tests.server.conftest import PG_ADMIN, _pg
+from twin.server.storage import INTEGRITY_ERRORS, AuditRecord, OutboxItem, Row, Storage
+
+AT = "2026-01-05T08:00:00+00:00"
+
+
+def _rows(key: str, n: int = 3) -> list[Row]:
+    rows = [Row("Observation", f"{key}-obs-{k}", 1, AT, "p-1", "e-1", "ct-1", "o-1", "final", "NPU03011", AT, None,
+                None, '{"resourceType": "Observation"}') for k in range(n)]
+    rows.append(Row("Provenance", f"{key}-prov", 1, AT, "p-1", "e-1", "ct-1", "o-1", None, None, AT, 7,
+                    f"provenance:{key}", '{"resourceType": "Provenance"}'))
+    return rows
+
+
+def _audit(trace: str) -> AuditRecord:
+    return AuditRecord((AT, trace, "PATIENT", "p-1", "o-1", "C", "$submit-measurement", "Bundle", None, None),
+                       ["p-1", "p-2"])
+
+
+@pytest.fixture
+def pg_url():
+    dbname = f"twin_store_{os.getpid()}"
+    try:
+        asyncio.run(_pg(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))
+        asyncio.run(_pg(f"CREATE DATABASE {dbname}"))
+    except Exception as exc:  # noqa: BLE001 - any connection failure means: no PostgreSQL here
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
+    yield PG_ADMIN.rsplit("/", 1)[0] + f"/{dbname}"
+    asyncio.run(_pg(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request, tmp_path):
+    return f"sqlite:///{tmp_path / 'store.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+async def _open(url: str) -> Storage:
+    storage = Storage.connect(url)
+    await storage.open()
+    await storage.migrate()
+    return storage
+
+
+async def _counts(storage: Storage) -> tuple[int, int, int, int]:
+    async with storage.transaction() as tx:
+        return tuple([(await tx.fetch(f"SELECT COUNT(*) FROM {table}"))[0][0]
+                      for table in ("resources", "outbox", "audit_request")]
+                     + [len(await storage.fetch_audit("SELECT patient FROM {by_request}"))])
+
+
+@pytest.mark.parametrize("one_write", [False, True])
+def test_store_writes_rows_outbox_and_audit_together(storage_url, one_write):
+    async def go():
+        storage = await _open(storage_url)
+        try:
+            async with storage.transaction(one_write=one_write) as tx:
+                assert await tx.get_by_ident("Provenance", ["provenance:a"]) == []  # reads come first
+                await tx.store(_rows("a"), OutboxItem("ob-a", "triage", '{"x": 1}', AT), _audit("t-a"))
+            async with storage.transaction(one_write=one_write) as tx:
+                await tx.store(_rows("b", 1))  # neither outbox item nor audit record
+            async with storage.transaction() as tx:
+                stored = await tx.get("Observation", "a-obs-2")
+                (prov,) = await tx.get_by_ident("Provenance", ["provenance:a"])
+                outbox = await tx.outbox_pending("triage", 10)
+                audit = await tx.fetch("SELECT trace_id, action, subtype FROM audit_request")
+            return stored, prov, outbox, audit, await _counts(storage)
+        finally:
+            await storage.close()
+
+    stored, prov, outbox, audit, counts = asyncio.run(go())
+    assert stored == _rows("a")[2]  # every column as given, the version an integer
+    assert prov == _rows("a")[-1]  # priority and ident too
+    assert outbox == [("ob-a", '{"x": 1}')]
+    assert audit == [("t-a", "C", "$submit-measurement")]
+    assert counts == (4 + 2, 1, 1, 2)
+
+
+@pytest.mark.parametrize("one_write", [False, True])
+@pytest.mark.parametrize("conflict", ["identifier", "outbox id"])
+def test_a_store_that_violates_a_unique_key_leaves_nothing(storage_url, one_write, conflict):
+    async def go():
+        storage = await _open(storage_url)
+        try:
+            async with storage.transaction() as tx:
+                await tx.store(_rows("a"), OutboxItem("ob-a", "triage", "{}", AT), _audit("t-a"))
+            before = await _counts(storage)
+            again, outbox_id = _rows("again"), "ob-again"
+            if conflict == "identifier":
+                again[-1].ident = "provenance:a"  # a parallel copy of submission a committed first
+            else:
+                outbox_id = "ob-a"  # fails after the resources are written: they must go too
+            with pytest.raises(INTEGRITY_ERRORS):
+                async with storage.transaction(one_write=one_write) as tx:
+                    await tx.store(again, OutboxItem(outbox_id, "triage", "{}", AT), _audit("t-again"))
+            return before, await _counts(storage)
+        finally:
+            await storage.close()
+
+    before, after = asyncio.run(go())
+    assert after == before == (4, 1, 1, 2)
+
+
+def test_a_one_write_unit_refuses_a_second_write_on_postgresql(pg_url):
+    # (SQLite runs every unit as a transaction, a savepoint of a group commit: nothing to refuse)
+    async def go():
+        storage = await _open(pg_url)
+        try:
+            with pytest.raises(RuntimeError, match="second write"):
+                async with storage.transaction(one_write=True) as tx:
+                    await tx.store(_rows("a"))
+                    await tx.outbox_put("ob-a", "triage", "{}", AT)
+            async with storage.transaction(one_write=True) as tx:
+                await tx.fetch("SELECT COUNT(*) FROM outbox")  # reads are no writes
+                await tx.store(_rows("b"))
+            return await _counts(storage)
+        finally:
+            await storage.close()
+
+    assert asyncio.run(go()) == (8, 0, 0, 0)
