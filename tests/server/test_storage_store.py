@@ -15,7 +15,7 @@ import os
 import pytest
 
 from tests.server.conftest import PG_ADMIN, _pg
-from twin.server.storage import INTEGRITY_ERRORS, AuditRecord, OutboxItem, Row, Storage
+from twin.server.storage import INTEGRITY_ERRORS, AuditRecord, Lookup, OutboxItem, Row, Storage
 
 AT = "2026-01-05T08:00:00+00:00"
 
@@ -133,3 +133,24 @@ def test_a_one_write_unit_refuses_a_second_write_on_postgresql(pg_url):
             await storage.close()
 
     assert asyncio.run(go()) == (8, 0, 0, 0)
+
+
+def test_lookup_answers_several_keyed_lookups_in_one_statement(storage_url):
+    async def go():
+        storage = await _open(storage_url)
+        try:
+            async with storage.transaction() as tx:
+                await tx.store(_rows("a") + _rows("b", 1))
+                return await tx.lookup(("id", "version", "priority"), [
+                    Lookup("Provenance", "ident", ["provenance:b", "provenance:none"]),
+                    Lookup("Observation", "id", ["a-obs-0", "a-obs-2", "b-obs-0", "a-prov"]),
+                    Lookup("Observation", "id", []),  # nothing wanted: nothing found
+                    Lookup("Provenance", "id", ["a-prov"])])
+        finally:
+            await storage.close()
+
+    provenance_b, observations, nothing, provenance_a = asyncio.run(go())
+    assert provenance_b == [("b-prov", 1, 7)]
+    assert sorted(observations) == [("a-obs-0", 1, None), ("a-obs-2", 1, None), ("b-obs-0", 1, None)]  # not a-prov
+    assert nothing == []
+    assert provenance_a == [("a-prov", 1, 7)]

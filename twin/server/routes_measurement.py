@@ -58,14 +58,25 @@ from twin.server.search import (
     reference_param,
     storage_instant,
 )
-from twin.server.service import Service, audit_record, fhir_response, now_iso, page_count, page_offset, read_json
-from twin.server.storage import Filter, OutboxItem, Row, new_id
+from twin.server.service import (
+    Service,
+    audit_record,
+    fhir_response,
+    now_iso,
+    page_count,
+    page_offset,
+    read_json,
+)
+from twin.server.storage import Filter, OutboxItem, new_id
 from twin.server.submission import (
     BY_CODE,
     check_submission,
+    load_ranges,
     parse_submission,
+    read_stored,
     store_rows,
     submission_key,
+    submission_targets,
     triage_input,
 )
 
@@ -75,16 +86,19 @@ async def submit_measurement(self: Service, request: Request) -> Response:
     claims.require("$submit-measurement")
     body = await read_json(request, self.settings)
     entries, idents = parse_submission(body, self.refs)
+    targets = submission_targets(entries, claims, self.refs)
     now = now_iso()
     # A parallel copy of the same submission that commits first makes our insert violate the
     # unique identifier index; `guarded` then runs this handler again, which answers 200 as a
-    # resubmission. Either way the submission is stored once. All writes are one `store`: the
-    # resources, the outbox item that makes the triage happen, and the audit record.
+    # resubmission. Either way the submission is stored once. One read (was it stored before, its
+    # episode, its ServiceRequests) and one write: the resources, the outbox item that makes the
+    # triage happen, and the audit record.
     async with self.storage.transaction(one_write=True) as tx:
-        existing = await tx.get_by_ident("Provenance", [submission_key(idents)])
-        if existing:
-            return await _already_submitted(self, tx, claims, idents, existing[0])
-        plan = await check_submission(entries, idents, claims, tx, self.refs)
+        stored = await read_stored(tx, targets, submission_key(idents))
+        if stored.provenance_id is not None:
+            return await _already_submitted(self, tx, claims, idents, stored.provenance_id)
+        plan = check_submission(entries, idents, targets, stored, self.refs)
+        await load_ranges(plan, tx)
         rows, locations = store_rows(plan, self.refs, now)
         triage = OutboxItem(new_id(), "triage", jsonfast.dumps({
             "patient": plan.patient_id, "episode": plan.episode_id, "team": plan.team_id, "org": plan.org_id,
@@ -94,9 +108,12 @@ async def submit_measurement(self: Service, request: Request) -> Response:
     return fhir_response(fr.bundle_transaction_response([(loc, now, "201 Created") for loc in locations]), 201)
 
 
-async def _already_submitted(self: Service, tx, claims: auth.Claims, idents: list[str], provenance: Row) -> Response:
+async def _already_submitted(self: Service, tx, claims: auth.Claims, idents: list[str], provenance_id: str) -> Response:
     """The answer to a resubmission: the stored submission's locations, in the order of ``idents``;
     409 if the stored submission that shares the first identifier is not this one."""
+    provenance = await tx.get("Provenance", provenance_id)
+    if provenance is None:  # resources are never deleted; a Provenance found a moment ago is there
+        raise AssertionError(f"Provenance/{provenance_id} vanished")
     by_id: dict[str, tuple[str, str]] = {}  # resource id -> (type, the client's identifier)
     for target in jsonfast.loads(provenance.body).get("target") or []:
         try:

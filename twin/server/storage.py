@@ -87,6 +87,14 @@ class AuditRecord(NamedTuple):
     patients: list[str]
 
 
+class Lookup(NamedTuple):
+    """Resources of one type whose ``column`` (``id`` or ``ident``) is one of ``values``."""
+
+    type: str
+    column: str
+    values: Sequence[str]
+
+
 class Listed(NamedTuple):
     """A search hit with only what a page of results and its audit need. A full :class:`Row` makes
     fourteen Python values per hit; a worklist page of 50 Tasks and their 50 focus resources spent
@@ -276,6 +284,22 @@ class Tx:
         ids = [r[0] for r in await self.search_columns(("id",), type_, [Filter("ident", "in", list(idents))],
                                                        len(idents) + 1)]
         return await self.search(type_, [Filter("id", "in", ids)], limit=len(ids)) if ids else []
+
+    async def lookup(self, columns: Sequence[str], lookups: Sequence[Lookup]) -> list[list[tuple]]:
+        """Several lookups by key in one statement — one round trip on PostgreSQL where a query
+        each costs one each (a submission's check needs its episode, its ServiceRequests and
+        whether it was stored before). For each lookup, its rows' ``columns`` as tuples."""
+        if not set(columns) <= set(COLUMNS) or any(k.column not in ("id", "ident") for k in lookups):
+            raise ValueError(f"bad lookup {columns} {lookups}")  # programming error: never user text
+        parts, params = [], []
+        for k, key in enumerate(lookups):
+            where, where_params = _where(key.type, [Filter(key.column, "in", list(key.values))])
+            parts.append(f"SELECT {k} AS part, {', '.join(columns)} FROM resources WHERE {where}")
+            params += where_params
+        found: list[list[tuple]] = [[] for _ in lookups]
+        for row in await self._fetch(" UNION ALL ".join(parts), params) if parts else []:
+            found[row[0]].append(tuple(row[1:]))
+        return found
 
     async def search_columns(self, columns: Sequence[str], type_: str, filters: Sequence[Filter] = (),
                              limit: int = 50) -> list[tuple]:

@@ -29,7 +29,7 @@ from twin.rules import MEASUREMENTS, ReferenceRanges
 from twin.server import fhir as fr
 from twin.server import jsonfast
 from twin.server.errors import FhirError, bad_request, unprocessable
-from twin.server.storage import Filter, Row, Tx, new_id
+from twin.server.storage import Filter, Lookup, Row, Tx, new_id
 
 MAX_ENTRIES = 100  # FUT transaction limit (fut-examples/transaction.md)
 ALLOWED_TYPES = {"Observation", "QuestionnaireResponse"}
@@ -52,6 +52,33 @@ class RequestFacts(NamedTuple):
     code: str | None
 
 
+class EpisodeFacts(NamedTuple):
+    """What validating a submission needs of its EpisodeOfCare."""
+
+    id: str
+    patient: str | None
+    status: str | None
+    team: str | None
+    org: str | None
+
+
+class Targets(NamedTuple):
+    """Whom and what a submission is for, as its references say (checked against the token)."""
+
+    patient_id: str
+    episode_id: str
+    request_ids: list[str]  # each entry's ServiceRequest (basedOn), in entry order
+
+
+@dataclass
+class Stored:
+    """What the database holds of a submission's targets, read in one statement (:func:`read_stored`)."""
+
+    provenance_id: str | None  # set when this submission was stored before (its key is taken)
+    episode: EpisodeFacts | None
+    requests: dict[str, RequestFacts]
+
+
 @dataclass
 class Plan:
     """A validated submission, ready to store."""
@@ -63,6 +90,7 @@ class Plan:
     entries: list[dict]  # the bundle entries, resources as submitted
     idents: list[str]
     service_requests: dict[str, RequestFacts] = field(default_factory=dict)
+    measured: set[str] = field(default_factory=set)  # ids of the ServiceRequests the Observations answer
     ranges: dict[str, ReferenceRanges] = field(default_factory=dict)  # by ServiceRequest id
 
 
@@ -156,8 +184,9 @@ def parse_submission(body: object, refs) -> tuple[list[dict], list[str]]:
     return entries, idents
 
 
-async def check_submission(entries: list[dict], idents: list[str], claims, tx: Tx, refs) -> Plan:
-    """Everything that needs the database: episode, service requests, codes, values, token context."""
+def submission_targets(entries: list[dict], claims, refs) -> Targets:
+    """The patient, episode and ServiceRequests the entries reference: one patient and one episode
+    for all, and a citizen may submit only for the patient and episode in the token."""
     patients, episodes = set(), set()
     for k, e in enumerate(entries):
         r, where = e["resource"], f"Bundle.entry[{k}].resource"
@@ -174,24 +203,46 @@ async def check_submission(entries: list[dict], idents: list[str], claims, tx: T
         raise FhirError(403, "SECURITY_RESOURCE_NOT_MATCHING_TOKEN_CONTEXT",
                         f"Resource not matching security token context: Patient/{patient_id}, EpisodeOfCare/{episode_id}",
                         "forbidden")
-    episode = await tx.get("EpisodeOfCare", episode_id)
+    request_ids = [_ref_id(refs, _reference(_first(e["resource"].get("basedOn"))), "ServiceRequest",
+                           f"Bundle.entry[{k}].resource") for k, e in enumerate(entries)]
+    return Targets(patient_id, episode_id, request_ids)
+
+
+FACT_COLUMNS = ("id", "version", "patient", "episode", "team", "org", "status", "code")
+_EPISODE_AT = [FACT_COLUMNS.index(c) for c in EpisodeFacts._fields]
+_REQUEST_AT = [FACT_COLUMNS.index(c) for c in RequestFacts._fields]
+
+
+async def read_stored(tx: Tx, targets: Targets, key: str) -> Stored:
+    """Whether the submission keyed ``key`` was stored before, its episode and its ServiceRequests:
+    one statement (on PostgreSQL, with the write, all of a submission's round trips but one)."""
+    wanted = sorted(set(targets.request_ids))
+    provenance, episode, requests = await tx.lookup(FACT_COLUMNS, [
+        Lookup("Provenance", "ident", [key]), Lookup("EpisodeOfCare", "id", [targets.episode_id]),
+        Lookup("ServiceRequest", "id", wanted)])
+    return Stored(provenance[0][0] if provenance else None,
+                  EpisodeFacts(*(episode[0][i] for i in _EPISODE_AT)) if episode else None,
+                  {r[0]: RequestFacts(*(r[i] for i in _REQUEST_AT)) for r in requests})
+
+
+def check_submission(entries: list[dict], idents: list[str], targets: Targets, stored: Stored, refs) -> Plan:
+    """Everything checked against the stored episode and ServiceRequests: the episode is the
+    patient's and active; each entry's ServiceRequest belongs to it, is active and has the
+    Observation's code; values, units and times are possible."""
+    episode_id = targets.episode_id
+    episode = stored.episode
     if episode is None:
         raise unprocessable("REQUEST_UNKNOWN_REFERENCE", f"EpisodeOfCare/{episode_id} is not known")
-    if episode.patient != patient_id:
+    if episode.patient != targets.patient_id:
         raise unprocessable(f"{CODE}DIFFERENT_PATIENT_REFERENCE",
                             "The patient referenced by the EpisodeOfCare is different than the patient referenced by the "
                             "provided resources")
     if episode.status != "active":
         raise unprocessable(f"{CODE}EPISODEOFCARE_NOT_ACTIVE", f"EpisodeOfCare/{episode_id} is {episode.status}, not active")
-    plan = Plan(patient_id, episode_id, episode.team, episode.org, entries, idents)
-    sr_ids = [_ref_id(refs, _reference(_first(e["resource"].get("basedOn"))), "ServiceRequest",
-                      f"Bundle.entry[{k}].resource") for k, e in enumerate(entries)]
-    wanted = sorted(set(sr_ids))
-    found = {r[0]: RequestFacts(*r) for r in await tx.search_columns(RequestFacts._fields, "ServiceRequest",
-                                                                      [Filter("id", "in", wanted)], len(wanted))}
-    for k, (e, sr_id) in enumerate(zip(entries, sr_ids, strict=True)):
+    plan = Plan(targets.patient_id, episode_id, episode.team, episode.org, entries, idents)
+    for k, (e, sr_id) in enumerate(zip(entries, targets.request_ids, strict=True)):
         r, where = e["resource"], f"Bundle.entry[{k}].resource"
-        sr = found.get(sr_id)
+        sr = stored.requests.get(sr_id)
         if sr is None or sr.episode != episode_id:
             raise unprocessable("REQUEST_UNKNOWN_REFERENCE", f"{where}.basedOn: ServiceRequest/{sr_id} is not part of "
                                 f"EpisodeOfCare/{episode_id}")
@@ -200,19 +251,18 @@ async def check_submission(entries: list[dict], idents: list[str], claims, tx: T
         plan.service_requests[sr_id] = sr
         if r["resourceType"] == "Observation":
             _check_observation(r, sr, sr_id, where)
+            plan.measured.add(sr_id)
         else:
             _check_questionnaire_response(r, where, refs)
-    await _load_ranges(plan, tx, {sr_id for e, sr_id in zip(entries, sr_ids, strict=True)
-                                  if e["resource"]["resourceType"] == "Observation"})
     return plan
 
 
-async def _load_ranges(plan: Plan, tx: Tx, measured: set[str]) -> None:
-    """The thresholds of the ServiceRequests ``measured`` (ids): parsed once per (id, version), the
-    bodies read only for those not parsed yet (a citizen's requests change only when a clinician
-    adjusts them)."""
+async def load_ranges(plan: Plan, tx: Tx) -> None:
+    """The thresholds of the ServiceRequests the Observations answer: parsed once per (id, version),
+    the bodies read only for those not parsed yet (a citizen's requests change only when a
+    clinician adjusts them)."""
     unparsed = []
-    for sr in (plan.service_requests[i] for i in sorted(measured)):
+    for sr in (plan.service_requests[i] for i in sorted(plan.measured)):
         found = _RANGES.get((sr.id, sr.version))
         if found is None:
             unparsed.append(sr.id)
