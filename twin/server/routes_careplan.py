@@ -81,7 +81,7 @@ async def search_episodes(self: Service, request: Request) -> Response:
         filters.append(Filter("team", "=", claims.context.care_team_id))
     if q.get("status"):
         filters.append(Filter("status", "in", q.get("status").split(",")))
-    async with self.storage.transaction() as tx:
+    async with self.storage.transaction(one_write=True) as tx:
         await self.require_membership(tx, claims)
         rows = await tx.search_listed("EpisodeOfCare", filters, [("id", False)], limit=page_count(q))
         await self.audit(tx, claims, "R", "search", [r.patient for r in rows], "EpisodeOfCare", query=str(q))
@@ -219,7 +219,7 @@ async def get_patient_procedures(self: Service, request: Request) -> Response:
     episodes = [reference_param(self, e, "EpisodeOfCare", "episodeOfCare", "REQUEST_INVALID_REFERENCE")
                 for e in params.get("episodeOfCare", [])]
     lo, hi = _period(params)
-    async with self.storage.transaction() as tx:
+    async with self.storage.transaction(one_write=True) as tx:
         scope = await access_scope(self, tx, claims, [patient], episodes)
         active = [*scope, Filter("status", "=", "active")]
         # One search per resource type, all on the patient index: active episodes → their active

@@ -207,7 +207,7 @@ async def search_observations(self: Service, request: Request) -> Response:
     if sort not in SORTS:
         raise bad_request("SEARCH_INVALID_SORT", f"_sort={sort!r}: Observation search sorts by date or -date")
     order = [("effective", SORTS[sort]), ("id", SORTS[sort])]  # id: a stable order across pages
-    async with self.storage.transaction() as tx:
+    async with self.storage.transaction(one_write=True) as tx:
         filters += await access_scope(self, tx, claims, patients, [episode] if episode else [])
         total = await tx.count("Observation", filters)
         rows = await tx.search_listed("Observation", filters, order, limit=count, offset=offset)
@@ -290,7 +290,7 @@ async def search_measurements(self: Service, operation: str, request: Request) -
         raise bad_request(f"{SM}PATIENT_AND_EPISODE_NOT_SPECIFIED", "At least patient or episodeOfCare must be specified")
     window, newest_first = _recorded_window(operation, params)
     count = _count(operation, params)
-    async with self.storage.transaction() as tx:
+    async with self.storage.transaction(one_write=True) as tx:
         scope = await access_scope(self, tx, claims, [patient] if patient else [], [episode] if episode else [])
         # One Provenance per submission, on the patient/episode index ordered by recorded time;
         # then one search per target type and one for the Questionnaires answered.

@@ -18,7 +18,7 @@ async def read(self: Service, request: Request) -> Response:
         raise not_found(f"{service}/{type_}", id_)
     claims = self.claims(request)
     claims.require(f"{type_}.read")
-    async with self.storage.transaction() as tx:
+    async with self.storage.transaction(one_write=True) as tx:
         row = await self.get_for(tx, claims, type_, id_)
         await self.audit(tx, claims, "R", None, [row.patient], type_, id_)
     return Response(row.body, media_type=FHIR_JSON, headers={"ETag": f'W/"{row.version}"'})

@@ -287,7 +287,7 @@ async def search_tasks(self: Service, request: Request) -> Response:
     order = [("priority", True), ("last_updated", False)] if q.get("_sort") == "-priority" else [("last_updated", False)]
     order.append(("id", False))  # a total order, so that _offset pages neither repeat nor skip
     included: list[Listed] = []
-    async with self.storage.transaction() as tx:
+    async with self.storage.transaction(one_write=True) as tx:
         await self.require_membership(tx, claims)  # a withdrawn team membership ends access now
         rows = await tx.search_listed("Task", filters, order, limit=count + 1, offset=offset)
         more, rows = len(rows) > count, rows[:count]
@@ -549,7 +549,7 @@ async def search_clinical_impressions(self: Service, request: Request) -> Respon
     q = request.query_params
     count, offset = page_count(q), page_offset(q)
     codes = [c.rpartition("|")[2] for c in q.get("code", "").split(",") if c]
-    async with self.storage.transaction() as tx:
+    async with self.storage.transaction(one_write=True) as tx:
         await self.require_membership(tx, claims)  # a withdrawn team membership ends access now
         filters = await search_scope(self, tx, claims, q)
         if codes:
