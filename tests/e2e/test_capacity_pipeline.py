@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,7 +26,18 @@ def test_capacity_pipeline_pilot_100(tmp_path):
     for f in ("calibration.json", "levels.csv", "steps.csv", "recommendation.csv", "capacity.json"):
         assert (out / f).is_file(), f
     s = json.loads((out / "capacity.json").read_text())
-    assert s["saturation"]["predicted_per_s"] > 0 and s["saturation"]["measured_per_s"] > 0
+    sat = s["saturation"]
+    assert sat["predicted_per_s"] > 0 and sat["measured_per_s"] > 0
+    # alone, the event loop sleeps about once per request; kept busy by four clients, hardly ever —
+    # and the prediction is the single client's demand less what that saves
+    busy = sat["busy_loop"]
+    assert busy["alone_sleeps_per_request"] > 0.5 > busy["busy_sleeps_per_request"]
+    assert sat["demand_ms"] == pytest.approx(sat["single_client_demand_ms"] - busy["saving_ms"], rel=0.02)
+    import pandas as pd
+
+    steps = pd.read_csv(out / "steps.csv")  # the server's counters per request, per step of the sweep
+    assert (steps["loop_cpu_ms_per_request"] > 0).all() and (steps["commit_units_per_request"] > 0).all()
+    assert steps["loop_sleeps_per_request"].iloc[0] > steps["loop_sleeps_per_request"].iloc[-1]
     assert s["bottleneck"]
     from twin.report import build_report
 

@@ -8,7 +8,7 @@ import pytest
 
 from twin.capacity.calibrate import TriageWork, direct_calibration, idle_cpu_rate
 from twin.capacity.directload import RequestPools, direct_mix, endpoint_sequence
-from twin.capacity.mva import mva_closed
+from twin.capacity.mva import mva_closed, mva_closed_load_dependent
 
 
 def test_mva_one_client_and_saturation():
@@ -30,6 +30,28 @@ def test_mva_matches_the_machine_repairman_formula():
     p0 = 1 / (1 + 2 * rho + 2 * rho ** 2)
     x, _ = mva_closed(d, z, 2)
     assert x[1] == pytest.approx(1000 / d * (1 - p0))
+
+
+def _birth_death_throughput(alone_ms: float, busy_ms: float, delay_ms: float, n: int) -> float:
+    """The exact throughput of n clients (exponential think time Z) at one queue serving at rate
+    1/alone with one present and 1/busy with more: the birth-death chain's stationary law."""
+    weights = [1.0]
+    for k in range(1, n + 1):  # balance: p(k) mu(k) = p(k-1) (n - k + 1) / Z
+        weights.append(weights[-1] * (n - k + 1) / delay_ms * (alone_ms if k == 1 else busy_ms))
+    p = np.array(weights) / sum(weights)
+    return 1000.0 * sum(p[k] / (alone_ms if k == 1 else busy_ms) for k in range(1, n + 1))
+
+
+@pytest.mark.parametrize("alone_ms,busy_ms", [(1.0, 1.0), (1.2, 0.8), (0.8, 1.2)])
+def test_load_dependent_mva_is_exact_for_a_queue_cheaper_when_busy(alone_ms, busy_ms):
+    delay_ms = 0.3
+    x, r = mva_closed_load_dependent(alone_ms, busy_ms, delay_ms, 40)
+    for n in (1, 2, 3, 8, 40):
+        assert x[n - 1] == pytest.approx(_birth_death_throughput(alone_ms, busy_ms, delay_ms, n), rel=1e-9)
+    assert x[-1] == pytest.approx(1000.0 / busy_ms, rel=1e-3)  # saturated: the busy cost alone
+    assert np.allclose(x / 1000 * (r + delay_ms), np.arange(1, 41))  # Little's law
+    if alone_ms == busy_ms:
+        assert np.allclose(x, mva_closed(alone_ms, delay_ms, 40)[0])
 
 
 def test_mva_refuses_nonsense():

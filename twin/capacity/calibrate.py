@@ -75,6 +75,16 @@ def thread_schedstat_s(pid: int, tid: int | None = None) -> tuple[float, float]:
     return int(fields[0]) / 1e9, int(fields[1]) / 1e9
 
 
+def event_loop_sleeps(pid: int) -> int:
+    """How often the server's main thread went to sleep (the kernel's voluntary context switches):
+    an event loop with nothing to do blocks in ``epoll_wait``, so at one request at a time this
+    counts about one per request, and in a saturated loop about none."""
+    for line in Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise ValueError(f"no voluntary_ctxt_switches for {pid}")
+
+
 def event_loop_runqueue_s(pid: int) -> float:
     """Seconds the server's main thread was ready to run but waited for a CPU (the kernel's
     schedstat): time the event loop could not serve although it had work — the other core's
@@ -120,6 +130,19 @@ def server_health(base_url: str) -> dict:
     triage worker's time, garbage-collector pauses, admission)."""
     with urllib.request.urlopen(f"{base_url.rstrip('/')}/health", timeout=10) as r:
         return json.loads(r.read())
+
+
+def server_counters(pid: int, base_url: str) -> dict[str, float]:
+    """The server's running totals that say where a request's cost goes: the event loop's CPU, the
+    triage worker's share of it, and the SQLite COMMITs (how many, the units of work they carried,
+    their time) — read before and after a run, their change per request compares a single client
+    with a saturated loop (:func:`twin.capacity.directload.closed_sweep`)."""
+    health = server_health(base_url)
+    commits = health.get("sqlite_commits") or {}
+    return {"loop_cpu_ms": 1000.0 * event_loop_cpu_s(pid), "loop_sleeps": float(event_loop_sleeps(pid)),
+            "triage_ms": 1000.0 * float(health["triage_busy_s"]),
+            "commits": float(commits.get("commits", 0)), "commit_units": float(commits.get("units", 0)),
+            "commit_ms": 1000.0 * float(commits.get("busy_s", 0.0))}
 
 
 def triaged_count(base_url: str) -> int:

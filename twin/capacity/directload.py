@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from twin.capacity.calibrate import thread_schedstat_s
+from twin.capacity.calibrate import event_loop_cpu_s, event_loop_sleeps, thread_schedstat_s
 from twin.loadtest.httpload import (
     _read_response,
     build_request,
@@ -278,21 +278,56 @@ def single_client_run(pools: RequestPools, mix: Mapping[str, float], duration_s:
     return out
 
 
+BUSY_LOOP_PATH = "/metadata"  # a static answer: the loop's own cost per request, hardly any of the app's
+BUSY_LOOP_CLIENTS = 4  # enough that the loop always finds the next request waiting
+
+
+def busy_loop_saving(host: str, port: int, pid: int, step_s: float = 1.0, warmup_s: float = 0.2) -> dict:
+    """What a request costs the event loop less when the loop is busy than when it is alone.
+
+    Alone (one client, one request at a time) the loop blocks in ``epoll_wait`` after every answer
+    and the next request wakes it: a context switch, and on a virtual machine the wake-up of an
+    idle virtual CPU; each request also has a loop iteration to itself. Kept busy, the loop finds
+    the next request waiting and shares its iterations — a saturated server pays none of this, the
+    single-client calibration pays it for every request. Measured on a near-free endpoint
+    (``BUSY_LOOP_PATH``), so the difference is the loop's alone: CPU per request with one client
+    less CPU per request with ``BUSY_LOOP_CLIENTS``; with the loop's sleeps per request in each."""
+    request = [build_request("GET", f"{host}:{port}", BUSY_LOOP_PATH)]
+    out = {}
+    for label, clients in (("alone", 1), ("busy", BUSY_LOOP_CLIENTS)):
+        cpu0, sleeps0 = event_loop_cpu_s(pid), event_loop_sleeps(pid)
+        res = asyncio.run(run_load(host, port, request, clients, step_s, warmup_s))
+        sent = max(res.sent, 1)
+        out[f"{label}_ms"] = 1000.0 * (event_loop_cpu_s(pid) - cpu0) / sent
+        out[f"{label}_sleeps_per_request"] = (event_loop_sleeps(pid) - sleeps0) / sent
+        out[f"{label}_per_s"] = res.rps
+    out["saving_ms"] = max(out["alone_ms"] - out["busy_ms"], 0.0)
+    return out
+
+
 def closed_sweep(pools: RequestPools, mix: Mapping[str, float], concurrencies: Sequence[int], step_s: float,
-                 seed: int, warmup_s: float = 0.5) -> pd.DataFrame:
+                 seed: int, warmup_s: float = 0.5,
+                 probe: Callable[[], Mapping[str, float]] | None = None) -> pd.DataFrame:
     """Closed loop at each concurrency N (N connections, each sending its next request when the last
     is answered): one row per N with throughput, mean/p50/p95 latency, errors — the points of a
-    scalability (USL) fit, with N known exactly."""
+    scalability (USL) fit, with N known exactly.
+
+    ``probe`` reads the server's counters (e.g. its CPU seconds, its COMMITs); each row then also
+    has their change over the step, per request sent (warm-up included, as the counters are):
+    ``<counter>_per_request``."""
     rows = []
     for k, n in enumerate(concurrencies):
         count = int(max(step_s * 3000, 500))  # more than the server can answer in the step
         endpoints = endpoint_sequence(mix, count, seed + 10 + k)
+        before = dict(probe()) if probe else {}
         res = asyncio.run(run_load(pools.host, pools.port, pools.sequence(endpoints), n, step_s, warmup_s))
+        after = dict(probe()) if probe else {}
         lat = res.latencies_ms
         rows.append({"step": k, "concurrency": int(n), "throughput_per_s": res.rps, "offered_per_s": res.rps,
                      "requests": res.requests, "failed": res.errors,
                      "mean_ms": float(lat.mean()) if lat.size else np.nan,
-                     "p50_ms": res.percentile_ms(50), "p95_ms": res.percentile_ms(95)})
+                     "p50_ms": res.percentile_ms(50), "p95_ms": res.percentile_ms(95),
+                     **{f"{c}_per_request": (after[c] - before[c]) / max(res.sent, 1) for c in before}})
         # the sweep consumed submissions from the front of the pool; drop them so none is sent twice
         used = int((endpoints[: res.sent] == "submit_measurement").sum())
         pools.by_endpoint["submit_measurement"] = pools.by_endpoint["submit_measurement"][used:]

@@ -34,3 +34,39 @@ def mva_closed(demand_ms: float, delay_ms: float, n_max: int) -> tuple[np.ndarra
         q = x_n * r_n
         x[n - 1], r[n - 1] = x_n * 1000.0, r_n
     return x, r
+
+
+def mva_closed_load_dependent(alone_ms: float, busy_ms: float, delay_ms: float,
+                              n_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """As :func:`mva_closed`, for a server whose cost per request depends on whether it is alone.
+
+    An event loop serving one request at a time sleeps between them and pays for each wake-up;
+    with others waiting it goes straight on (:func:`twin.capacity.directload.busy_loop_saving`).
+    So the queue is *load-dependent*: it serves at rate 1 / ``alone_ms`` with one request present
+    and 1 / ``busy_ms`` with more. Exact MVA for a load-dependent queue and a delay (Reiser &
+    Lavenberg) carries the queue-length distribution p(k | n) instead of its mean:
+
+        R(n) = Σ_k k / μ(k) · p(k − 1 | n − 1)
+        X(n) = n / (R(n) + Z)
+        p(k | n) = X(n) / μ(k) · p(k − 1 | n − 1),  p(0 | n) = 1 − Σ_k≥1 p(k | n)
+
+    With ``alone_ms == busy_ms`` it is :func:`mva_closed`; X(1) = 1 / (alone + Z), and X levels
+    off at 1 / ``busy_ms``."""
+    if not (alone_ms > 0 and busy_ms > 0 and delay_ms >= 0 and n_max >= 1):
+        raise ValueError(f"need alone_ms, busy_ms > 0, delay_ms >= 0, n_max >= 1; got {alone_ms}, {busy_ms}, "
+                         f"{delay_ms}, {n_max}")
+    cost = np.full(n_max + 1, busy_ms)  # 1 / μ(k), ms per request with k present (k = 0 unused)
+    cost[1] = alone_ms
+    x = np.empty(n_max)
+    r = np.empty(n_max)
+    p = np.zeros(n_max + 1)
+    p[0] = 1.0  # p(k | 0): nobody there
+    k = np.arange(n_max + 1)
+    for n in range(1, n_max + 1):
+        shifted = np.concatenate([[0.0], p[:-1]])  # p(k − 1 | n − 1) at index k
+        r_n = float(np.sum(k[1:] * cost[1:] * shifted[1:]))
+        x_n = n / (r_n + delay_ms)  # per ms
+        p = x_n * cost * shifted
+        p[0] = max(1.0 - p[1:].sum(), 0.0)
+        x[n - 1], r[n - 1] = x_n * 1000.0, r_n
+    return x, r

@@ -7,13 +7,18 @@ every run. The measurements use the direct client (:mod:`twin.capacity.directloa
 hour's endpoint mix as pre-built requests, light enough to saturate the server from the other
 core); Locust replays the trace itself once, for realism.
 
-0. **idle** — the server's CPU at rest (timers), subtracted from every run's CPU;
+0. **idle** — the server's CPU at rest (timers), subtracted from every run's CPU; and the
+   **busy-loop saving** — what a request costs the event loop less when others wait (no wake-up
+   from ``epoll``, shared loop iterations), measured on a near-free endpoint with one client and
+   with four (:func:`twin.capacity.directload.busy_loop_saving`): the predicted saturation is the
+   single client's demand less it;
 1. **calibration** — the single-user baseline: one client, one request at a time, so no request
    ever queues, yet the server is warm. Per-endpoint CPU service times (their measured
    distribution, kept as percentiles) and the client + loopback overhead → ``calibration.json``
    (:func:`twin.capacity.calibrate.direct_calibration`);
 2. **concurrency sweep** — closed loops of 1 … 64 clients: the measured saturation, the points
-   of the USL fit, and a check against exact MVA on the calibrated demand;
+   of the USL fit, and a check against exact load-dependent MVA on the calibrated demand (the
+   single client's with one request present, less the busy-loop saving with more);
 3. **open-model calibration** — three open (Poisson) loads, 8, 30 and 55 % of the single client's
    rate. Between Poisson arrivals the event loop sleeps; a request that finds it asleep costs
    more CPU (a cold wake-up) than one that finds it busy, so the CPU per request falls as the load
@@ -70,7 +75,7 @@ from twin.capacity import compare as cmp
 from twin.capacity import directload as dl
 from twin.capacity import recommend as rec
 from twin.capacity import storage_growth as sg
-from twin.capacity.mva import mva_closed
+from twin.capacity.mva import mva_closed_load_dependent
 from twin.capacity.usl import fit_usl
 from twin.loadtest.runner import LoadTestRun, LocalServer, ensure_trace, run_loadtest
 from twin.platform import (
@@ -365,10 +370,14 @@ def run_capacity(run: CapacityRun) -> dict:
             c0, t0 = cb.event_loop_cpu_s(pid), time.monotonic()
             time.sleep(IDLE_S)  # measuring a real process at rest
             idle_rate = cb.idle_cpu_rate(cb.event_loop_cpu_s(pid) - c0, time.monotonic() - t0)
+            # what a request costs the loop less when it is busy (no wake-up, shared iterations)
+            busy_loop = dl.busy_loop_saving(fresh.pools.host, fresh.pools.port, pid)
             # 1. calibration: a low-rate direct run
             cal_s = SHARES["calibration"] * budget
             c0, w0, t0 = cb.event_loop_cpu_s(pid), cb.TriageWork.read(server.base_url), time.monotonic()
+            k0 = cb.server_counters(pid, server.base_url)
             cal_req = dl.single_client_run(fresh.get(cal_s), cal_mix, cal_s, run.seed)
+            k1 = cb.server_counters(pid, server.base_url)  # before the triage's drain, as the sweep's
             wait_triage_idle(server.base_url)
             triage = cb.TriageWork.read(server.base_url) - w0
             wall = time.monotonic() - t0
@@ -378,6 +387,7 @@ def run_capacity(run: CapacityRun) -> dict:
             save_calibration(cal, out / "calibration.json")
             cal_req.to_csv(out / "runs" / "calibration.csv", index=False)
             details.update(clients=1, duration_s=cal_s, idle_cpu_per_s=idle_rate,
+                           server_counters_per_request={c: (k1[c] - k0[c]) / max(len(cal_req), 1) for c in k0},
                            utilisation_during_calibration=details["request_cpu_s"] / wall)
             (out / "calibration_details.json").write_text(json.dumps(details, indent=2, default=str), encoding="utf-8")
             summary["calibration"] = {k: details[k] for k in ("requests", "overhead_ms", "cpu_ms_per_request",
@@ -391,7 +401,8 @@ def run_capacity(run: CapacityRun) -> dict:
                       f"ms per request, overhead {overhead_ms:.2f} ms, machine speed noise cv {speed_cv:.3f}")
             # 2. closed-loop concurrency sweep: saturation and the USL's points
             step_s = SHARES["sweep"] * budget / len(SWEEP_CONCURRENCY)
-            steps = dl.closed_sweep(fresh.get(step_s * len(SWEEP_CONCURRENCY)), mix, SWEEP_CONCURRENCY, step_s, run.seed)
+            steps = dl.closed_sweep(fresh.get(step_s * len(SWEEP_CONCURRENCY)), mix, SWEEP_CONCURRENCY, step_s, run.seed,
+                                    probe=lambda: cb.server_counters(pid, server.base_url))
             measured_sat_per_s = float(steps["throughput_per_s"].max())
             _say(run, f"capacity {name}: sweep: saturation {measured_sat_per_s:.0f} req/s")
             wait_triage_idle(server.base_url)
@@ -555,10 +566,19 @@ def run_capacity(run: CapacityRun) -> dict:
                                 {r["label"]: r["event_loop_utilisation"] for r in runs if "event_loop_utilisation" in r})
     levels.loc[levels["level"] == "locust-replay", "judged"] = False
     levels.to_csv(out / "levels.csv", index=False)
-    # the sweep against exact MVA on the calibrated demand (triage included: it takes the same core)
-    model_sat = cmp.capacity_per_s(cal, model_cfg, mix)
+    # Saturation. The single client's demand holds a wake-up of the sleeping loop in every request;
+    # a saturated loop never sleeps: its requests cost the busy-loop saving less (measured at the
+    # start on a near-free endpoint, not on the API). The sweep against exact load-dependent MVA:
+    # the single client's demand with one request present, the busy loop's with more (triage
+    # included: it takes the same core).
+    single_sat = cmp.capacity_per_s(cal, model_cfg, mix)
+    alone_ms = 1000.0 / single_sat["per_resource"]["cpu_cores"]
+    cal_mix_ms = cmp.mix_cpu_ms(cal, mix)
+    busy_cal = cb.scale_calibration(cal, max(cal_mix_ms - busy_loop["saving_ms"], 0.1 * cal_mix_ms) / cal_mix_ms,
+                                    f"less the busy-loop saving {busy_loop['saving_ms']:.3f} ms per request")
+    model_sat = cmp.capacity_per_s(busy_cal, model_cfg, mix)
     demand_ms = 1000.0 / model_sat["per_resource"]["cpu_cores"]
-    x_mva, r_mva = mva_closed(demand_ms, overhead_ms, max(SWEEP_CONCURRENCY))
+    x_mva, r_mva = mva_closed_load_dependent(alone_ms, demand_ms, overhead_ms, max(SWEEP_CONCURRENCY))
     n_idx = steps["concurrency"].to_numpy() - 1
     steps["predicted_throughput_per_s"] = x_mva[n_idx]
     steps["predicted_mean_ms"] = r_mva[n_idx] + overhead_ms
@@ -569,7 +589,9 @@ def run_capacity(run: CapacityRun) -> dict:
     summary["saturation"] = {"measured_per_s": measured_sat_per_s, "measured_reached": True,
                              "predicted_per_s": model_sat["rate_per_s"], "predicted_bottleneck": model_sat["bottleneck"],
                              "rel_error": sat_err, "within_bar": abs(sat_err) <= cmp.SATURATION_BAR,
-                             "bar": cmp.SATURATION_BAR, "demand_ms": demand_ms, "open_model_capacity_per_s": open_capacity_per_s}
+                             "bar": cmp.SATURATION_BAR, "demand_ms": demand_ms, "single_client_demand_ms": alone_ms,
+                             "single_client_predicted_per_s": single_sat["rate_per_s"], "busy_loop": busy_loop,
+                             "open_model_capacity_per_s": open_capacity_per_s}
     judged = levels[(levels["endpoint"] == "all") & levels["judged"]]
     judged_ep = levels[(levels["endpoint"] != "all") & levels["judged"]]
     summary["p95_bar"] = {"bar": cmp.P95_BAR, "levels_judged": int(len(judged)),
