@@ -286,9 +286,9 @@ class Tx:
         return await self.search(type_, [Filter("id", "in", ids)], limit=len(ids)) if ids else []
 
     async def lookup(self, columns: Sequence[str], lookups: Sequence[Lookup]) -> list[list[tuple]]:
-        """Several lookups by key in one statement — one round trip on PostgreSQL where a query
-        each costs one each (a submission's check needs its episode, its ServiceRequests and
-        whether it was stored before). For each lookup, its rows' ``columns`` as tuples."""
+        """Several lookups by key in one statement: one round trip on PostgreSQL instead of one per
+        lookup (a submission's check needs its episode, its ServiceRequests and whether it was
+        stored before). For each lookup, its rows' ``columns`` as tuples."""
         if not set(columns) <= set(COLUMNS) or any(k.column not in ("id", "ident") for k in lookups):
             raise ValueError(f"bad lookup {columns} {lookups}")  # programming error: never user text
         parts, params = [], []
