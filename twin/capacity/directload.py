@@ -28,7 +28,6 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -92,10 +91,9 @@ def build_pools(base: str, sessions: pd.DataFrame, teams: Sequence[int], citizen
     Citizens are those with sessions in ``sessions`` (the window's, so their episodes are active);
     each submission carries a real session's readings and answers (canonical values, docs/TRACE.md)
     under new identifiers."""
-    import sys
+    from twin.loadtest.runner import loadtests_module
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from loadtests import payloads
+    payloads = loadtests_module("payloads")
 
     parsed = urllib.parse.urlsplit(base)
     host, port = parsed.hostname, parsed.port

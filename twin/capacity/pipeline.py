@@ -77,7 +77,7 @@ from twin.capacity import recommend as rec
 from twin.capacity import storage_growth as sg
 from twin.capacity.mva import mva_closed_load_dependent
 from twin.capacity.usl import fit_usl
-from twin.loadtest.runner import LoadTestRun, LocalServer, ensure_trace, run_loadtest
+from twin.loadtest.runner import LoadTestRun, LocalServer, ensure_trace, loadtests_module, run_loadtest
 from twin.platform import (
     PlatformConfig,
     arrivals_from_trace,
@@ -300,8 +300,7 @@ def open_overhead_ms(lowest: pd.DataFrame, cal, cfg: PlatformConfig, seed: int, 
 
 def run_capacity(run: CapacityRun) -> dict:
     """Carry out the pipeline; writes ``results/<scenario>/capacity/`` and returns its summary."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from loadtests import schedule
+    schedule = loadtests_module("schedule")
 
     started = time.monotonic()
     scenario_path = Path(run.scenario)

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 import os
 import secrets
@@ -70,15 +71,19 @@ class LoadTestRun:
     latency_log: bool = False  # every request to <out>/requests.csv (loadtests/latency_log.py), for calibration
 
 
-def _loadtests():
-    """The repository's ``loadtests`` package (schedule and shapes: pure, no Locust)."""
+def loadtests_module(name: str):
+    """A module of the repository's ``loadtests`` package (``schedule``, ``shapes``, ``payloads``:
+    pure, no Locust). The package lives beside the locustfile Locust runs, in the checkout, not in
+    the installed ``twin``; one place puts the checkout on the path and says so when it is missing."""
     if not LOCUSTFILE.exists():
         raise LoadTestError(f"{LOCUSTFILE} not found: `twin loadtest` runs from a checkout of the repository")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from loadtests import schedule, shapes
+    return importlib.import_module(f"loadtests.{name}")
 
-    return schedule, shapes
+
+def _loadtests():
+    return loadtests_module("schedule"), loadtests_module("shapes")
 
 
 def run_loadtest(run: LoadTestRun) -> dict:
