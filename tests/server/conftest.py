@@ -55,6 +55,21 @@ async def _pg(sql: str) -> None:
         await conn.close()
 
 
+def fresh_pg_database(dbname: str) -> str:
+    """An empty PostgreSQL database ``dbname`` (dropped first if left over), its URL; skips the
+    test when no PostgreSQL answers. The caller drops it: ``drop_pg_database``."""
+    try:
+        asyncio.run(_pg(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))
+        asyncio.run(_pg(f"CREATE DATABASE {dbname}"))
+    except Exception as exc:  # noqa: BLE001 - any connection failure means: no PostgreSQL here
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{dbname}"
+
+
+def drop_pg_database(dbname: str) -> None:
+    asyncio.run(_pg(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))
+
+
 def start_server(kind: str, database: str, port: int, extra_env: dict[str, str] | None = None) -> Server:
     base = f"http://127.0.0.1:{port}"
     # Tests run the nightly job themselves. Load shedding waits longer than in production: a burst
@@ -89,15 +104,10 @@ def server(request, tmp_path_factory):
         database = f"sqlite:///{tmp_path_factory.mktemp('db') / 'twin.db'}"
     else:
         dbname = f"twin_test_{os.getpid()}"
-        try:
-            asyncio.run(_pg(f"DROP DATABASE IF EXISTS {dbname}"))
-            asyncio.run(_pg(f"CREATE DATABASE {dbname}"))
-        except Exception as exc:  # noqa: BLE001 - any connection failure means: no PostgreSQL here
-            pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
-        database = PG_ADMIN.rsplit("/", 1)[0] + f"/{dbname}"
+        database = fresh_pg_database(dbname)
     seed(scenario, database, base)
     srv = start_server(kind, database, port)
     yield srv
     stop_process(srv.process)
     if dbname:
-        asyncio.run(_pg(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))
+        drop_pg_database(dbname)

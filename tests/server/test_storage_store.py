@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from tests.server.conftest import PG_ADMIN, _pg
+from tests.server.conftest import drop_pg_database, fresh_pg_database
 from twin.server.storage import INTEGRITY_ERRORS, AuditRecord, Lookup, OutboxItem, Row, Storage
 
 AT = "2026-01-05T08:00:00+00:00"
@@ -36,13 +36,8 @@ def _audit(trace: str) -> AuditRecord:
 @pytest.fixture
 def pg_url():
     dbname = f"twin_store_{os.getpid()}"
-    try:
-        asyncio.run(_pg(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))
-        asyncio.run(_pg(f"CREATE DATABASE {dbname}"))
-    except Exception as exc:  # noqa: BLE001 - any connection failure means: no PostgreSQL here
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
-    yield PG_ADMIN.rsplit("/", 1)[0] + f"/{dbname}"
-    asyncio.run(_pg(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))
+    yield fresh_pg_database(dbname)
+    drop_pg_database(dbname)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -697,12 +697,18 @@ def _pg(sql: str) -> str:
     return _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", sql)
 
 
-_PG_AUDIT = (f"WITH r AS (INSERT INTO audit_request ({', '.join(AUDIT_REQUEST_COLUMNS)}) VALUES "
-             f"({', '.join(f'${k + 1}' for k in range(len(AUDIT_REQUEST_COLUMNS)))}) RETURNING id) "
-             f"INSERT INTO audit_patient (patient, at, request) "
-             f"SELECT p, $1, r.id FROM r, unnest(${len(AUDIT_REQUEST_COLUMNS) + 1}::text[]) AS p")
+def _pg_audit(first: int) -> tuple[str, str]:
+    """The audit record in PostgreSQL, parameters from ``$first`` (the request's columns, ``at``
+    first, then the patients as one array): the request row as a data-modifying CTE ``r`` and the
+    statement that adds its patients' keys — one round trip for both, also inside :func:`_pg_store`."""
+    n = len(AUDIT_REQUEST_COLUMNS)
+    request = ", ".join(f"${first + k}" for k in range(n))
+    return (f"r AS (INSERT INTO audit_request ({', '.join(AUDIT_REQUEST_COLUMNS)}) VALUES ({request}) RETURNING id)",
+            f"INSERT INTO audit_patient (patient, at, request) SELECT p, ${first}, r.id FROM r, "
+            f"unnest(${first + n}::text[]) AS p")
 
 
+_PG_AUDIT = "WITH {} {}".format(*_pg_audit(1))
 _PG_COLUMN_TYPES = {"version": "int", "priority": "int"}  # the rest are text
 
 
@@ -719,10 +725,8 @@ def _pg_store(with_outbox: bool, with_audit: bool) -> str:
         n += 4
     if not with_audit:
         return f"WITH {', '.join(ctes)} SELECT 1"
-    request = ", ".join(f"${n + k + 1}" for k in range(len(AUDIT_REQUEST_COLUMNS)))
-    ctes.append(f"r AS (INSERT INTO audit_request ({', '.join(AUDIT_REQUEST_COLUMNS)}) VALUES ({request}) RETURNING id)")
-    return (f"WITH {', '.join(ctes)} INSERT INTO audit_patient (patient, at, request) "
-            f"SELECT p, ${n + 1}, r.id FROM r, unnest(${n + len(AUDIT_REQUEST_COLUMNS) + 1}::text[]) AS p")
+    audit_cte, audit_patients = _pg_audit(n + 1)
+    return f"WITH {', '.join([*ctes, audit_cte])} {audit_patients}"
 
 
 class _PgTx(Tx):

@@ -1,8 +1,8 @@
 """Triage off the request's critical path, durably.
 
 A submission's transaction also writes an ``outbox`` row. This worker takes outbox rows and, in one
-transaction per batch of up to ``BATCH`` (one item alone when a batch failed), computes the triage with the shared rules (:mod:`twin.rules`, the same
-code the twin counted its alerts with), writes the ClinicalImpression ``TriagingResult``, the Task
+transaction per batch of up to ``BATCH`` (one item alone when a batch failed), computes the triage
+with the shared rules (:mod:`twin.rules`, the same code the twin counted its alerts with), writes the ClinicalImpression ``TriagingResult``, the Task
 ``MeasurementForAssessment`` for the patient's care team (priority from the colour) and, for red, a
 message to the team, and deletes the outbox row. A crash before that commit leaves the row, so the
 triage runs at the next start: a submission answered 201 always gets exactly one triage.
