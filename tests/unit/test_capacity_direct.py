@@ -104,3 +104,31 @@ def test_idle_rate_and_no_cpu_is_an_error():
     req = pd.DataFrame({"endpoint": ["token"] * 50, "latency_ms": [1.0] * 50, "ok": [1] * 50})
     with pytest.raises(ValueError, match="no CPU beyond idle"):
         direct_calibration(req, server_cpu_s=0.1, idle_cpu_s=0.1, triage=TriageWork(0, 0.0, 0))
+
+
+def _sweep(throughputs, means):
+    return pd.DataFrame({"concurrency": [1, 2, 4, 8, 16, 32, 64][: len(throughputs)],
+                         "throughput_per_s": throughputs, "mean_ms": means})
+
+
+def test_sweep_saturation_is_the_median_of_the_saturated_steps_not_the_best():
+    from twin.capacity.compare import sweep_saturation
+
+    # one client 1.7 ms; two clients hardly queue (3.1 < 2 x 1.7 + …: not saturated); from four on
+    # they do — five noisy readings of one saturation, the best 713 and the median 640
+    sat = sweep_saturation(_sweep([573, 638, 683, 588, 552, 713, 640], [1.7, 3.1, 5.8, 13.4, 28.4, 43.9, 93.3]))
+    assert sat["measured_reached"] and sat["saturated_steps"] == [4, 8, 16, 32, 64]
+    assert sat["measured_per_s"] == pytest.approx(640.0)
+    assert sat["best_step_per_s"] == pytest.approx(713.0)
+    assert (sat["saturated_min_per_s"], sat["saturated_max_per_s"]) == (552.0, 713.0)
+
+
+def test_sweep_without_a_saturated_step_gives_its_best_as_a_lower_bound():
+    from twin.capacity.compare import sweep_saturation
+
+    # eight workers: the latency stays near one client's, throughput still rising
+    sat = sweep_saturation(_sweep([100, 199, 395, 780], [1.0, 1.0, 1.02, 1.1]))
+    assert not sat["measured_reached"] and sat["saturated_steps"] == []
+    assert sat["measured_per_s"] == sat["best_step_per_s"] == 780.0
+    with pytest.raises(ValueError):
+        sweep_saturation(_sweep([], []))

@@ -13,6 +13,8 @@ Every function here is pure (frames in, frames out), so it is tested on syntheti
   measured p95 has an interval, whether the prediction is within the bar of some p95 inside it;
 * :func:`capacity_per_s` — the model's saturation throughput: the request rate at which the
   busiest resource is 100 % busy, from the mean service times and the mix (exact for the model);
+* :func:`sweep_saturation` — the measured saturation of a closed-loop sweep: the median throughput
+  of the steps whose clients mostly queue;
 * :func:`step_points` — a step-load log cut into steps: offered rate, completed throughput,
   mean latency and concurrency N = X × R (Little's law), the points of the USL fit.
 """
@@ -29,6 +31,7 @@ from twin.platform import PlatformCalibration, PlatformConfig, PlatformRun
 P95_BAR = 0.25  # issue 4: predicted p95 within ±25 % of measured …
 UP_TO_SATURATION = 0.80  # … at loads up to 80 % of measured saturation
 SATURATION_BAR = 0.15  # predicted saturation throughput within ±15 %
+SATURATED_LATENCY_RATIO = 2.0  # a sweep step is saturated when its mean latency is this many single clients'
 MIN_REQUESTS = 30  # a p95 of fewer requests is too noisy to judge (its 5 % tail holds < 2 requests)
 BLOCK_S = 1.0  # p95_interval's blocks: longer than a queue's busy period at 80 % load (tens of ms)
 BOOTSTRAP_DRAWS = 400
@@ -146,6 +149,33 @@ def capacity_per_s(calibration: PlatformCalibration, config: PlatformConfig, mix
             if calibration.triage_worker_ms.mean_ms > 0 else np.inf
     bottleneck = min(rates, key=rates.get)
     return {"rate_per_s": float(rates[bottleneck]), "bottleneck": bottleneck, "per_resource": rates}
+
+
+def sweep_saturation(steps: pd.DataFrame, latency_ratio: float = SATURATED_LATENCY_RATIO) -> dict:
+    """The saturation throughput a closed-loop sweep measured (one row per step: ``concurrency``,
+    ``throughput_per_s``, ``mean_ms``).
+
+    A step is saturated when a request there waits longer than it is served: its mean latency is at
+    least ``latency_ratio`` times the single client's (a saturated closed loop of N clients has
+    R(N) ≈ N × D, so from N = 4 on, where the server is saturated; an unsaturated one stays near
+    R(1)). The measured saturation is the *median* of those steps' throughputs: every one of them
+    is the same quantity, measured again, and the machine's speed varies by ~10 % from one
+    2-s step to the next — their maximum (the best step) is biased up by that noise, by ~8 % for
+    five steps. Without a saturated step the best step stands, as a lower bound
+    (``measured_reached`` False)."""
+    if steps.empty:
+        raise ValueError("sweep_saturation: no steps")
+    ordered = steps.sort_values("concurrency")
+    single_ms = float(ordered["mean_ms"].iloc[0])
+    saturated = ordered[(ordered["concurrency"] > ordered["concurrency"].iloc[0])
+                        & (ordered["mean_ms"] >= latency_ratio * single_ms)]
+    best = float(ordered["throughput_per_s"].max())
+    if saturated.empty:
+        return {"measured_per_s": best, "measured_reached": False, "best_step_per_s": best, "saturated_steps": []}
+    x = saturated["throughput_per_s"].to_numpy(float)
+    return {"measured_per_s": float(np.median(x)), "measured_reached": True, "best_step_per_s": best,
+            "saturated_steps": [int(n) for n in saturated["concurrency"]],
+            "saturated_min_per_s": float(x.min()), "saturated_max_per_s": float(x.max())}
 
 
 def step_points(requests: pd.DataFrame, step_s: float, t0: float | None = None, warmup_share: float = 0.25,

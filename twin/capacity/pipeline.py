@@ -16,7 +16,8 @@ core); Locust replays the trace itself once, for realism.
    ever queues, yet the server is warm. Per-endpoint CPU service times (their measured
    distribution, kept as percentiles) and the client + loopback overhead → ``calibration.json``
    (:func:`twin.capacity.calibrate.direct_calibration`);
-2. **concurrency sweep** — closed loops of 1 … 64 clients: the measured saturation, the points
+2. **concurrency sweep** — closed loops of 1 … 64 clients: the measured saturation (the median
+   of the saturated steps: :func:`twin.capacity.compare.sweep_saturation`), the points
    of the USL fit, and a check against exact load-dependent MVA on the calibrated demand (the
    single client's with one request present, less the busy-loop saving with more);
 3. **open-model calibration** — three open (Poisson) loads, 8, 30 and 55 % of the single client's
@@ -402,8 +403,10 @@ def run_capacity(run: CapacityRun) -> dict:
             step_s = SHARES["sweep"] * budget / len(SWEEP_CONCURRENCY)
             steps = dl.closed_sweep(fresh.get(step_s * len(SWEEP_CONCURRENCY)), mix, SWEEP_CONCURRENCY, step_s, run.seed,
                                     probe=lambda: cb.server_counters(pid, server.base_url))
-            measured_sat_per_s = float(steps["throughput_per_s"].max())
-            _say(run, f"capacity {name}: sweep: saturation {measured_sat_per_s:.0f} req/s")
+            sweep_sat = cmp.sweep_saturation(steps)
+            measured_sat_per_s = sweep_sat["measured_per_s"]
+            _say(run, f"capacity {name}: sweep: saturation {measured_sat_per_s:.0f} req/s (median of the saturated "
+                      f"steps {sweep_sat['saturated_steps']}; best step {sweep_sat['best_step_per_s']:.0f})")
             wait_triage_idle(server.base_url)
             # 3. open-model calibration: three low open loads (operational analysis of the loop's CPU)
             single_rate_per_s = len(cal_req) / cal_s
@@ -429,7 +432,8 @@ def run_capacity(run: CapacityRun) -> dict:
             # the fit fell back to one constant cost, and that overstated the cost at 70-80 % busy by
             # 6-8 % — which the tail multiplies: p95 +38 / +49 % in two runs; the line through the
             # busier two: -13 / +1 % (offline, the same runs). Never cheaper than the closed loop.
-            open_fit = cb.fit_open_demand(open_cal_runs[BUSIER_LOADS], idle_rate, measured_sat_per_s)
+            # (the floor is the best step: the cheapest a request has been seen to be, not the median)
+            open_fit = cb.fit_open_demand(open_cal_runs[BUSIER_LOADS], idle_rate, sweep_sat["best_step_per_s"])
             lowest = open_cal_req[0]
             # Each endpoint's share of the cost comes from the single client (thousands of requests,
             # every endpoint well sampled; a 4-s open load has a dozen of the rarer ones and must
@@ -585,7 +589,7 @@ def run_capacity(run: CapacityRun) -> dict:
     steps["mean_rel_error"] = steps["predicted_mean_ms"] / steps["mean_ms"] - 1
     steps.to_csv(out / "steps.csv", index=False)
     sat_err = model_sat["rate_per_s"] / measured_sat_per_s - 1
-    summary["saturation"] = {"measured_per_s": measured_sat_per_s, "measured_reached": True,
+    summary["saturation"] = {**sweep_sat,
                              "predicted_per_s": model_sat["rate_per_s"], "predicted_bottleneck": model_sat["bottleneck"],
                              "rel_error": sat_err, "within_bar": abs(sat_err) <= cmp.SATURATION_BAR,
                              "bar": cmp.SATURATION_BAR, "demand_ms": demand_ms, "single_client_demand_ms": alone_ms,

@@ -36,10 +36,13 @@ class LoadResult:
     latencies_ms: np.ndarray
     statuses: dict[int, int] = field(default_factory=dict)
     sent: int = 0  # requests taken from the pool, warm-up and unfinished ones included
+    completed: int | None = None  # answers that arrived within the measured window, whenever sent
 
     @property
     def rps(self) -> float:
-        return self.requests / self.duration_s
+        """Throughput: answers per second of the measured window (``completed`` where counted, else
+        the requests with a latency)."""
+        return (self.requests if self.completed is None else self.completed) / self.duration_s
 
     def percentile_ms(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms.size else float("nan")
@@ -101,7 +104,12 @@ def collector_paused() -> Iterator[None]:
 
 async def run_load(host: str, port: int, requests: Sequence[bytes], concurrency: int, duration_s: float,
                    warmup_s: float = 1.0) -> LoadResult:
-    """Closed loop: each connection takes the next request of the pool (cycled) when its last one answered."""
+    """Closed loop: each connection takes the next request of the pool (cycled) when its last one answered.
+
+    Latencies are those of the requests sent and answered within the measured window; the
+    throughput counts every answer that arrived within it. Counting only the requests sent in
+    the window undercounts by the requests in flight at either edge — at 64 connections and 45 ms
+    each, ~90 ms of a 2.5-s window, 4 %."""
     with collector_paused():
         return await _closed_loop(host, port, requests, concurrency, duration_s, warmup_s)
 
@@ -111,6 +119,7 @@ async def _closed_loop(host: str, port: int, requests: Sequence[bytes], concurre
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     counter = [0]
+    completed = [0]
     start = time.perf_counter()
     measure_from = start + warmup_s
     stop_at = measure_from + duration_s
@@ -128,6 +137,8 @@ async def _closed_loop(host: str, port: int, requests: Sequence[bytes], concurre
                 writer.write(req)
                 status = await _read_response(reader)
                 t1 = time.perf_counter()
+                if measure_from <= t1 <= stop_at:
+                    completed[0] += 1
                 if t0 >= measure_from and t1 <= stop_at:
                     latencies.append((t1 - t0) * 1000)
                     statuses[status] = statuses.get(status, 0) + 1
@@ -137,7 +148,7 @@ async def _closed_loop(host: str, port: int, requests: Sequence[bytes], concurre
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     lat = np.array(latencies)
     errors = sum(n for s, n in statuses.items() if not 200 <= s < 300)
-    return LoadResult(len(lat), errors, duration_s, lat, dict(sorted(statuses.items())), counter[0])
+    return LoadResult(len(lat), errors, duration_s, lat, dict(sorted(statuses.items())), counter[0], completed[0])
 
 
 @dataclass
