@@ -103,10 +103,14 @@ SHARES = {"calibration": 0.08, "open_calibration": 0.04, "level": 0.07, "sweep":
           "overload": 0.04}  # of the budget, per run
 SUBMISSIONS_PER_BUDGET_S = 140  # pre-built submissions per second of budget (~ the sweep's peak rate x share)
 DRAIN_S = 1.0
+BUDGET_SHARE_RUN = (SHARES["calibration"] + len(OPEN_CALIBRATION_SHARES) * SHARES["open_calibration"]
+                    + len(LEVEL_SHARES) * SHARES["level"] + SHARES["sweep"] + SHARES["replay"]
+                    + len(OVERLOAD_SHARES) * SHARES["overload"])  # of the budget, all runs together (0.79)
 LOADTEST_LIMIT_S = 120.0  # issue 4: `twin run`'s load-test part takes at most 2 minutes …
-RUNS_SHARE_OF_REST = 0.85  # … of which the runs get this share of what seeding and building left (the
-# waits between runs — the triage catching up, Locust starting — add ~15 % on a slow machine) …
-MIN_BUDGET_S = 30.0  # … but never less: shorter levels would judge nothing
+OVERHEAD_S = 32.0  # … of which this goes besides the runs' own seconds: measured 28 s on a slow day
+# (2026-11-26: idle and busy-loop 6 s, the runs' warm-ups and triage drains ~10 s, Locust's start and
+# stop 8.6 s, the last drain and the server's stop 3.5 s), with a margin …
+MIN_BUDGET_S = 30.0  # … but the budget is never less: shorter levels would judge nothing
 USERS, CLINICIANS = 200, 40
 SERVER = {"workers": 1, "server": "uvicorn (one event loop)", "database": "sqlite", "host": "127.0.0.1"}
 
@@ -359,19 +363,23 @@ def run_capacity(run: CapacityRun) -> dict:
             timings["build_requests"] = round(time.monotonic() - t, 2)
             if run.budget_s is None:
                 # The main job's load-test part stays within LOADTEST_LIMIT_S on a slow machine: what
-                # seeding and building took comes off the runs' budget (on a normal day ~15 s, and
-                # the scenario's budget stands; on a machine five times slower 33 s, and 72 s remain).
-                budget = min(budget, max(RUNS_SHARE_OF_REST * (LOADTEST_LIMIT_S - (time.monotonic() - started)),
-                                         MIN_BUDGET_S))
+                # seeding and building took and the runs' fixed overhead come off the runs' budget (on
+                # a normal day seeding and building take ~15 s and the scenario's 90 s stand; on a slow
+                # one 30 s, and the budget is 73 s).
+                left_s = LOADTEST_LIMIT_S - (time.monotonic() - started) - OVERHEAD_S
+                budget = min(budget, max(left_s / BUDGET_SHARE_RUN, MIN_BUDGET_S))
                 summary["budget_s"] = budget
             summary["direct_mix"] = mix
             summary["direct_share_of_peak"] = float(sum(s for e, s in trace_mix.items() if e in mix))
+            phase_t = time.monotonic()
             # 0. the server's idle CPU
             c0, t0 = cb.event_loop_cpu_s(pid), time.monotonic()
             time.sleep(IDLE_S)  # measuring a real process at rest
             idle_rate = cb.idle_cpu_rate(cb.event_loop_cpu_s(pid) - c0, time.monotonic() - t0)
             # what a request costs the loop less when it is busy (no wake-up, shared iterations)
             busy_loop = dl.busy_loop_saving(fresh.pools.host, fresh.pools.port, pid)
+            timings["idle_and_busy_loop"] = round(time.monotonic() - phase_t, 2)
+            phase_t = time.monotonic()
             # 1. calibration: a low-rate direct run
             cal_s = SHARES["calibration"] * budget
             c0, w0, t0 = cb.event_loop_cpu_s(pid), cb.TriageWork.read(server.base_url), time.monotonic()
@@ -399,6 +407,8 @@ def run_capacity(run: CapacityRun) -> dict:
                                           speed_window_s=cb.SPEED_WINDOW_S)
             _say(run, f"capacity {name}: calibration: {len(cal_req)} requests, CPU {details['cpu_ms_per_request']:.2f} "
                       f"ms per request, overhead {overhead_ms:.2f} ms, machine speed noise cv {speed_cv:.3f}")
+            timings["calibration"] = round(time.monotonic() - phase_t, 2)
+            phase_t = time.monotonic()
             # 2. closed-loop concurrency sweep: saturation and the USL's points
             step_s = SHARES["sweep"] * budget / len(SWEEP_CONCURRENCY)
             steps = dl.closed_sweep(fresh.get(step_s * len(SWEEP_CONCURRENCY)), mix, SWEEP_CONCURRENCY, step_s, run.seed,
@@ -408,6 +418,8 @@ def run_capacity(run: CapacityRun) -> dict:
             _say(run, f"capacity {name}: sweep: saturation {measured_sat_per_s:.0f} req/s (median of the saturated "
                       f"steps {sweep_sat['saturated_steps']}; best step {sweep_sat['best_step_per_s']:.0f})")
             wait_triage_idle(server.base_url)
+            timings["sweep"] = round(time.monotonic() - phase_t, 2)
+            phase_t = time.monotonic()
             # 3. open-model calibration: three low open loads (operational analysis of the loop's CPU)
             single_rate_per_s = len(cal_req) / cal_s
             open_cal_runs, open_cal_req = [], []
@@ -452,6 +464,8 @@ def run_capacity(run: CapacityRun) -> dict:
             open_cal = cb.with_speed_noise(open_cal, speed_cv)
             open_capacity_per_s = open_fit["capacity_per_s"]
             # (the variability under load is fitted on these runs once the server has stopped: below)
+            timings["open_calibration"] = round(time.monotonic() - phase_t, 2)
+            phase_t = time.monotonic()
             # 4. open-model levels at shares of that capacity; the model runs on the same arrivals and
             #    predicts them from the calibration alone. Only the *placement* of a level uses what
             #    the level before it measured: the machine's speed drifts by a fifth within minutes,
@@ -493,6 +507,8 @@ def run_capacity(run: CapacityRun) -> dict:
                              **_gc_during(h0["gc"], h1["gc"]),
                              **_commits_during(h0.get("sqlite_commits"), h1.get("sqlite_commits")),
                              "client_lag_p95_ms": float(np.nanpercentile(req["lag_ms"], 95)) if len(req) else None})
+            timings["levels"] = round(time.monotonic() - phase_t, 2)
+            phase_t = time.monotonic()
             # 5. overload: twice the open-model capacity, then half of it — the service must shed the excess
             #    (503 + Retry-After) with a bounded p95 for what it admits, and recover by itself
             over_s = SHARES["overload"] * budget
@@ -514,6 +530,7 @@ def run_capacity(run: CapacityRun) -> dict:
             summary["overload"] = {"phases": phases, "phase_s": over_s,
                                    "normal_p95_ms": float(measured[0].query("endpoint == 'all'")["p95_ms"].iloc[0])}
             wait_triage_idle(server.base_url)
+            timings["overload"] = round(time.monotonic() - phase_t, 2)
             # 6. the trace itself, replayed by Locust through the real call sequences (realism, not judged:
             #    Locust's client time differs from the direct client's overhead)
             replay_s = SHARES["replay"] * budget
