@@ -66,3 +66,38 @@ def test_only_team_searched_types_enter_the_index_and_searches_find_them(tmp_pat
 def test_a_team_search_of_another_type_is_a_programming_error():
     with pytest.raises(ValueError, match="TEAM_SEARCHED"):
         st._where("Observation", [Filter("team", "=", "ct-1")])
+
+
+def test_searches_are_prepared_once_not_at_every_execution(tmp_path):
+    """SQLite re-plans a statement at every execution when its plan depended on a bound value (a
+    partial index's predicate checked against ``type = ?``). The authorizer is called only while a
+    statement is prepared: the second run of each search must call it not once."""
+
+    async def go():
+        async with migrated_sqlite(tmp_path / "t.db") as storage:
+            searches = [("Task", [Filter("team", "=", "ct-1"), Filter("status", "in", ["ready"])], WORKLIST_ORDER),
+                        ("Observation", [Filter("patient", "=", "p-1")], [("effective", True)]),
+                        ("EpisodeOfCare", [Filter("team", "=", "ct-1")], [])]
+            prepared = []
+            for type_, filters, order in searches:
+                calls: list = []
+                storage.conn.set_authorizer(lambda *a: calls.append(a) or 0)  # 0: SQLITE_OK
+                try:
+                    for _ in range(3):  # the first prepares (set_authorizer expires every statement)
+                        before = len(calls)
+                        async with storage.transaction() as tx:
+                            await tx.search(type_, filters, order, limit=10)
+                        after = len(calls)
+                    prepared.append((type_, before > 0, after - before))
+                finally:
+                    storage.conn.set_authorizer(None)
+            return prepared
+
+    for type_, _, third_run in asyncio.run(go()):
+        assert third_run == 0, f"{type_} search prepared again at every execution"
+
+
+@pytest.mark.parametrize("bad", ["Task'; DROP TABLE resources; --", "task", "", "Task Observation"])
+def test_a_resource_type_that_is_not_a_name_never_reaches_the_sql(bad):
+    with pytest.raises(ValueError, match="resource type"):
+        st._where(bad, [])

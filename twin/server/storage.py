@@ -225,13 +225,30 @@ class Filter:
             raise ValueError(f"bad filter {self.column} {self.op}")  # programming error: columns are never user text
 
 
+RESOURCE_TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{0,63}")
+
+
+def _type_is(type_: str) -> str:
+    """``type = 'Task'``: the resource type as a literal, not a parameter. Types are the server's
+    own names (routes and stored references are checked against the known types long before), so
+    a literal is safe — and it matters to SQLite: with ``type = ?`` its planner looks at the bound
+    value to decide whether a partial index applies (``resources_session_day`` is for
+    QuestionnaireResponses only), and a statement whose plan depends on a bound value is prepared
+    again at every execution — 40-60 µs of planning for each team, patient or episode search
+    (tests/unit/test_team_index.py counts the preparations). With the literal, once per type."""
+    if not RESOURCE_TYPE_NAME.fullmatch(type_):
+        raise ValueError(f"not a resource type name: {type_!r}")  # programming error: never user text
+    return f"type = '{type_}'"
+
+
 def _where(type_: str, filters: Sequence[Filter]) -> tuple[str, list]:
-    sql, params = ["type = ?"], [type_]
+    sql, params = [_type_is(type_)], []
     if any(f.column == "team" for f in filters):
         if type_ not in TEAM_SEARCHED:  # programming error: it would scan every row of the type
             raise ValueError(f"{type_} is not searched by team: add it to TEAM_SEARCHED")
         # The team index is partial; a planner uses it only where the query's terms imply its
-        # predicate, which ``type = ?`` (a parameter) cannot: the predicate itself, verbatim, does.
+        # predicate, which ``type = 'Task'`` does not to SQLite (it proves no IN-list): the
+        # predicate itself, verbatim, does.
         sql.append(TEAM_SEARCHED_SQL)
     for f in filters:
         if f.op == "in":
