@@ -28,10 +28,12 @@ def test_capacity_pipeline_pilot_100(tmp_path):
     s = json.loads((out / "capacity.json").read_text())
     sat = s["saturation"]
     assert sat["predicted_per_s"] > 0 and sat["measured_per_s"] > 0
-    # alone, the event loop sleeps about once per request; kept busy by four clients, hardly ever —
-    # and the prediction is the single client's demand less what that saves
+    # alone, the event loop sleeps about once per request (less on a crowded machine, where the next
+    # request can arrive before the loop is done with the last); kept busy by four clients, hardly
+    # ever — and the prediction is the single client's demand less what that saves
     busy = sat["busy_loop"]
-    assert busy["alone_sleeps_per_request"] > 0.5 > busy["busy_sleeps_per_request"]
+    assert busy["alone_sleeps_per_request"] > 3 * busy["busy_sleeps_per_request"]
+    assert busy["busy_sleeps_per_request"] < 0.3 and len(busy["saving_ms_by_round"]) == 3
     assert sat["demand_ms"] == pytest.approx(sat["single_client_demand_ms"] - busy["saving_ms"], rel=0.02)
     import pandas as pd
 

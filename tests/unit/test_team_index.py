@@ -81,7 +81,7 @@ def test_searches_are_prepared_once_not_at_every_execution(tmp_path):
             prepared = []
             for type_, filters, order in searches:
                 calls: list = []
-                storage.conn.set_authorizer(lambda *a: calls.append(a) or 0)  # 0: SQLITE_OK
+                storage.conn.set_authorizer(lambda *a, calls=calls: calls.append(a) or 0)  # 0: SQLITE_OK
                 try:
                     for _ in range(3):  # the first prepares (set_authorizer expires every statement)
                         before = len(calls)
