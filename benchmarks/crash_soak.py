@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.server.dbprobe import Probe  # noqa: E402
 from twin.loadtest.runner import stop_process  # noqa: E402
+from twin.server import audit_index  # noqa: E402
 from twin.server import fhir as fr  # noqa: E402
 
 TOKEN_PATH = "/auth/realms/nemlogin/protocol/openid-connect/token"
@@ -152,9 +153,9 @@ def audit_submissions(probe: Probe, patients: list[str]) -> Counter:
     """Audit rows of ``$submit-measurement`` per patient, whatever the audit tables' layout."""
     marks = ",".join("?" * len(patients))
     if "audit_patient" in probe.tables():
-        # SQLite's requests write their keys to the log (every key is there; the by-patient index
-        # is a copy), PostgreSQL's to audit_patient
-        keys = "audit_patient_log" if "audit_patient_log" in probe.tables() else "audit_patient"
+        # SQLite's requests hold their keys (a JSON array in the request row; the by-patient index
+        # is a copy), PostgreSQL's are in audit_patient
+        keys = (f"({audit_index.REQUEST_KEYS_SQL})" if "audit_patient_log" in probe.tables() else "audit_patient")
         rows = probe.fetch(f"SELECT p.patient, COUNT(*) FROM {keys} p JOIN audit_request r ON r.id = p.request "
                            f"WHERE r.action = 'C' AND r.subtype = '$submit-measurement' AND p.patient IN ({marks}) "
                            "GROUP BY p.patient", *patients)

@@ -158,7 +158,7 @@ def test_copying_never_takes_the_service_databases_write_lock(tmp_path):
         conn = audit_index.open_index(str(path))
         try:
             audit_index.begin_copy(conn)  # what copy_pending holds while it copies
-            conn.execute("INSERT OR IGNORE INTO audit_patient SELECT patient, at, request FROM main_db.audit_patient_log")
+            conn.execute(f"INSERT OR IGNORE INTO audit_patient {audit_index.COPIED_KEYS_SQL}", (0, 10))
             service = sqlite3.connect(path, isolation_level=None, timeout=0)
             service.execute("BEGIN IMMEDIATE")  # the service can still write: no "database is locked"
             service.execute("ROLLBACK")
@@ -176,3 +176,39 @@ def test_copying_never_takes_the_service_databases_write_lock(tmp_path):
             conn.close()
 
     _run(go())
+
+
+def test_a_database_of_the_one_row_per_key_log_gets_its_keys_into_the_requests(tmp_path):
+    """Before the requests held their keys, SQLite logged one row per key (audit_patient_log): a
+    migration packs each request's keys into it, and every read finds them as before."""
+    path = str(tmp_path / "log.db")
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE audit_request (id INTEGER PRIMARY KEY, at TEXT NOT NULL, trace_id TEXT NOT NULL, "
+                     "user_type TEXT NOT NULL, user_id TEXT NOT NULL, org TEXT, action TEXT NOT NULL, subtype TEXT, "
+                     "resource_type TEXT, resource_id TEXT, query TEXT)")
+        conn.execute("CREATE TABLE audit_patient_log (request INTEGER NOT NULL, patient TEXT NOT NULL, "
+                     "at TEXT NOT NULL, PRIMARY KEY (request, patient)) WITHOUT ROWID")
+        at = "2026-01-01T08:00:00.000+00:00"
+        conn.executemany("INSERT INTO audit_request VALUES (?, ?, ?, 'PRACTITIONER', 'pr-0-0', 'org-1', 'R', "
+                         "'search', 'Task', NULL, 'q')", [(1, at, "t1"), (2, at, "t2"), (3, at, "t3")])
+        conn.executemany("INSERT INTO audit_patient_log VALUES (?, ?, ?)",
+                         [(1, "p-2", at), (1, "p-1", at), (2, "p-1", at)])  # t3: user management, no patient
+
+    async def go():
+        async with _copied_by_hand(tmp_path / "log.db") as storage:
+            by_request = await storage.fetch_audit("SELECT request, patient FROM {by_request} p ORDER BY 1, 2")
+            joined = await storage.fetch_audit("SELECT r.trace_id, {request_patient} FROM {requests_with_patients} "
+                                               "ORDER BY 1, 2")
+            by_patient = await storage.fetch_audit("SELECT patient, request FROM {by_patient} p ORDER BY 1, 2")
+            copied = _copy(tmp_path / "log.db")
+            after_copy = await storage.fetch_audit("SELECT patient, request FROM {by_patient} p ORDER BY 1, 2")
+            async with storage.transaction() as tx:
+                left = (await tx.fetch("SELECT COUNT(*) FROM audit_patient_log"))[0][0]
+        await _migrate_and_read(path)  # again: nothing changes
+        return by_request, joined, by_patient, copied, after_copy, left
+
+    by_request, joined, by_patient, copied, after_copy, left = _run(go())
+    assert by_request == [(1, "p-1"), (1, "p-2"), (2, "p-1")]
+    assert joined == [("t1", "p-1"), ("t1", "p-2"), ("t2", "p-1"), ("t3", None)]  # a request without patients too
+    assert by_patient == after_copy == [("p-1", 1), ("p-1", 2), ("p-2", 1)]
+    assert copied == 3 and left == 0

@@ -5,18 +5,19 @@ this patient". Keys ordered by patient serve that question, but written per requ
 worklist page (50 patients) ~50 B-tree leaves spread over the whole tree, each written whole to
 the WAL at COMMIT: measured, the read audit halved the worklist's throughput
 (benchmarks/audit_layouts.py: 2.1 ms a request for patient-first keys, 0.22 ms for keys in request
-order). So on SQLite a request writes its keys in *request* order (``audit_patient_log``, in the
-request's own transaction: never lost for an answered request), and this module copies them into
-patient order in bulk, sorted, thousands of requests at a time, where each leaf is written once
-for many keys.
+order). So on SQLite a request writes its keys in *request* order — in its own ``audit_request``
+row, as a JSON array (``patients``), in the request's own transaction: never lost for an answered
+request, and one insert where one row per key cost a worklist page 160-200 µs against 29 — and
+this module copies them into patient order in bulk, sorted, thousands of requests at a time, where
+each leaf is written once for many keys.
 
 The copy lives in ``<database>.audit-index``, a second SQLite file, so that its writes take their
 own lock, not the service's: SQLite has one writer per file, and a bulk copy of thousands of keys
 in the service's file would hold every request for tens of milliseconds. A thread with its own
 connection does it (sqlite3 releases the GIL while a statement runs). The index is derived data:
 its watermark (``upto``, the last request copied) is committed with the keys it covers, so a
-crash leaves it consistent, and a lost file is rebuilt from the log at the next start. Readers
-take the index up to the watermark and the log above it (:data:`KEYS_SQL`).
+crash leaves it consistent, and a lost file is rebuilt from the requests at the next start.
+Readers take the index up to the watermark and the requests' keys above it (:data:`KEYS_SQL`).
 """
 
 from __future__ import annotations
@@ -35,13 +36,19 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS state (id INTEGER PRIMARY KEY CHECK (id = 1), upto INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO state (id, upto) VALUES (1, 0)",
 ]
+# The keys each request holds (patient, at, request), from its JSON array of patients; ``{db}``:
+# the schema holding audit_request ("" for the service's connection, "main_db." for the copier's).
+_REQUEST_KEYS = ("SELECT k.value AS patient, r.at AS at, r.id AS request"
+                 " FROM {db}audit_request r, json_each(r.patients) k")
+REQUEST_KEYS_SQL = _REQUEST_KEYS.format(db="")
 # The audit keys in patient order, on a connection that has the index attached as ``idx``: the
-# index up to its watermark and the log above it (disjoint). SQLite pushes a WHERE on the outer
-# query into both branches, so ``patient = ?`` uses the index's key, and the log's part is the
-# short range of requests not yet copied.
+# index up to its watermark and the requests' keys above it (disjoint). SQLite pushes a WHERE on
+# the outer query into both branches, so ``patient = ?`` uses the index's key, and the requests'
+# part is the short range (of their primary key) not yet copied.
 KEYS_SQL = ("(SELECT patient, at, request FROM idx.audit_patient"
-            " UNION ALL SELECT patient, at, request FROM audit_patient_log"
-            " WHERE request > (SELECT upto FROM idx.state))")
+            f" UNION ALL {REQUEST_KEYS_SQL} WHERE r.id > (SELECT upto FROM idx.state))")
+# What copy_pending copies: the keys of the requests in (upto, until], in patient order.
+COPIED_KEYS_SQL = _REQUEST_KEYS.format(db="main_db.") + " WHERE r.id > ? AND r.id <= ? ORDER BY patient, at, request"
 
 
 def index_path(database_path: str) -> str:
@@ -71,21 +78,19 @@ def begin_copy(conn: sqlite3.Connection) -> None:
 
 
 def copy_pending(conn: sqlite3.Connection, chunk_requests: int = CHUNK_REQUESTS) -> int:
-    """One transaction: the keys of the next ``chunk_requests`` logged requests above the
+    """One transaction: the keys of the next ``chunk_requests`` audited requests above the
     watermark, copied in patient order, and the watermark moved past them. Returns how many
     requests it covered (0: nothing new). Safe beside another copier: the watermark is read
     under the index's write lock (:func:`begin_copy`)."""
     begin_copy(conn)
     try:
         upto = conn.execute("SELECT upto FROM state").fetchone()[0]
-        last = conn.execute("SELECT MAX(request) FROM main_db.audit_patient_log").fetchone()[0]
+        last = conn.execute("SELECT MAX(id) FROM main_db.audit_request").fetchone()[0]
         if last is None or last <= upto:
             conn.execute("COMMIT")
             return 0
         until = min(last, upto + chunk_requests)
-        conn.execute("INSERT OR IGNORE INTO audit_patient (patient, at, request) SELECT patient, at, request "
-                     "FROM main_db.audit_patient_log WHERE request > ? AND request <= ? ORDER BY patient, at, request",
-                     (upto, until))
+        conn.execute(f"INSERT OR IGNORE INTO audit_patient (patient, at, request) {COPIED_KEYS_SQL}", (upto, until))
         conn.execute("UPDATE state SET upto = ?", (until,))
         conn.execute("COMMIT")
         return until - upto

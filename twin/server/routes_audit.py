@@ -188,14 +188,15 @@ def audit_event(refs: fr.Refs, row: tuple) -> dict:
 
 # -- the search -----------------------------------------------------------------------------------
 
-_COLUMNS = ("r.at, r.trace_id, r.user_type, r.user_id, r.org, r.action, r.subtype, p.patient, r.resource_type, "
+_COLUMNS = ("r.at, r.trace_id, r.user_type, r.user_id, r.org, r.action, r.subtype, {patient}, r.resource_type, "
             "r.resource_id, r.query")
 # An audit event is a request joined with one patient it touched (or with none: user management).
-# With a patient, the search starts from that patient's keys; without, from the requests.
-# ``{by_patient}`` and ``{by_request}`` are the storage's sources of (patient, at, request) keys
-# in those orders (Storage.fetch_audit; on SQLite two different ones: twin.server.audit_index).
+# With a patient, the search starts from that patient's keys (``{by_patient}``: the storage's
+# (patient, at, request) keys in patient order); without, from the requests, each joined with its
+# patients (``{requests_with_patients}``, the patient's column ``{request_patient}``). See
+# Storage.fetch_audit; on SQLite the keys are kept differently (twin.server.audit_index).
 _FROM_PATIENT = " FROM {by_patient} p JOIN audit_request r ON r.id = p.request"
-_FROM_REQUESTS = " FROM audit_request r LEFT JOIN {by_request} p ON p.request = r.id"
+_FROM_REQUESTS = " FROM {requests_with_patients}"
 
 
 async def search_audit_events(self: Service, request: Request) -> Response:
@@ -229,10 +230,12 @@ async def search_audit_events(self: Service, request: Request) -> Response:
         count, offset = page_count(q), page_offset(q)
         sql_where = f" WHERE {' AND '.join(where)}" if where else ""
         source = _FROM_PATIENT if patient is not None else _FROM_REQUESTS
+        patient_column = "p.patient" if patient is not None else "{request_patient}"
     total = int((await self.storage.fetch_audit(f"SELECT COUNT(*){source}{sql_where}", params))[0][0])
-    rows = await self.storage.fetch_audit(f"SELECT {_COLUMNS}{source}{sql_where} ORDER BY {at} {direction}, "
-                                          f"r.trace_id {direction}, COALESCE(p.patient, '') {direction} "
-                                          "LIMIT ? OFFSET ?", [*params, count, offset])
+    rows = await self.storage.fetch_audit(f"SELECT {_COLUMNS.format(patient=patient_column)}{source}{sql_where} "
+                                          f"ORDER BY {at} {direction}, r.trace_id {direction}, "
+                                          f"COALESCE({patient_column}, '') {direction} LIMIT ? OFFSET ?",
+                                          [*params, count, offset])
     # Reading the audit trail writes no audit rows per patient. Audit rows are not patient data,
     # and an audit of audit reads would grow the table it reads with every search (a search over
     # N patients adds N rows), and show in each citizen's MinLog as if the auditor had opened
