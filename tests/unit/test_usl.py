@@ -3,6 +3,7 @@ and refuses inputs it cannot fit."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -108,3 +109,24 @@ def test_bad_options_raise():
         fit_usl(n, x, confidence=1.5)
     with pytest.raises(ValueError, match="n_bootstrap"):
         fit_usl(n, x, n_bootstrap=10)
+
+
+def test_a_bootstrap_resample_gets_a_bounded_number_of_evaluations(monkeypatch):
+    """A resample of a noisy sweep that repeats a few points (1, 8, 8, 8, 32, 32, 64 clients) sent
+    the optimiser through all 20,000 evaluations of the main fit; a resample gets BOOTSTRAP_MAXFEV
+    and is skipped if it has not converged by then."""
+    from twin.capacity import usl
+
+    n = np.array([1.0, 8, 8, 8, 32, 32, 64])
+    x = np.array([664.1, 1075.7, 1075.7, 1075.7, 726.1, 726.1, 702.5])  # a sweep on a noisy day
+    calls = [0]
+    real = usl.usl_throughput
+
+    def counted(*args):
+        calls[0] += 1
+        return real(*args)
+
+    monkeypatch.setattr(usl, "usl_throughput", counted)
+    with contextlib.suppress(RuntimeError):  # not converged within the bound: the bootstrap skips it
+        usl._fit(n, x, usl.BOOTSTRAP_MAXFEV)
+    assert calls[0] <= 5 * usl.BOOTSTRAP_MAXFEV  # (finite-difference Jacobians: a few calls per step)

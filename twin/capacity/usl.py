@@ -17,7 +17,7 @@ requests, workers — or offered load) with three parameters:
 Fitting the curve to a handful of measured (N, X) points, e.g. Locust step loads against the
 real API, turns "it got slow at 300 users" into where the limit is and what causes it (sigma:
 queue for something; kappa: things fighting each other). The fit is non-linear least squares
-(:func:`scipy.optimize.curve_fit`, parameters bounded at >= 0), started from the linearised
+(:func:`scipy.optimize.curve_fit`, parameters bounded: >= 0, sigma and kappa <= 1), started from the linearised
 form ``N / X = a + b N + c N**2``, which is an ordinary quadratic. Confidence intervals come from
 a seeded bootstrap over the points (resample the points with replacement, refit, take the
 percentiles), and standard errors from the fit's covariance matrix; with few points the
@@ -37,6 +37,12 @@ from scipy.optimize import OptimizeWarning, curve_fit
 __all__ = ["UslFit", "fit_usl", "usl_throughput"]
 
 MIN_POINTS = 4  # 3 parameters + at least one residual degree of freedom
+FIT_MAXFEV = 20_000  # evaluations for the fit itself …
+BOOTSTRAP_MAXFEV = 300  # … and for each bootstrap resample: a resample that repeats a few noisy points
+# (a 7-step sweep drawn as 1, 8, 8, 8, 32, 32, 64) can send the optimiser wandering for all 20,000 —
+# 12 s each here, and the main job's USL took minutes. The resamples that converged took at most 128
+# evaluations (median 28-32; 900 resamples of three sweeps); one that has not converged by 300 is
+# skipped, as one that does not converge at all.
 # kappa (or sigma) counts as zero when its term is below this share of the denominator at the largest
 # measured N: it then changes the throughput there by < 0.01 %, far below any measurement noise, so the
 # data show no peak (or no ceiling), and the fitted 1e-11 is round-off, not a finding.
@@ -130,7 +136,7 @@ def _initial_guess(n: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.array([lam, sigma, kappa])
 
 
-def _fit(n: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _fit(n: np.ndarray, x: np.ndarray, maxfev: int = FIT_MAXFEV) -> tuple[np.ndarray, np.ndarray]:
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         # A parameter on its bound (kappa = 0) makes the covariance singular; stderr is then inf.
         # Trial steps far out (huge sigma or kappa) overflow harmlessly: the optimiser rejects them.
@@ -139,8 +145,13 @@ def _fit(n: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p0 = _initial_guess(n, x)
         if not np.all(np.isfinite(p0)):  # a degenerate resample: start from plain linear scaling
             p0 = np.array([float(np.max(x / n)), 0.0, 0.0])
-        params, cov = curve_fit(usl_throughput, n, x, p0=p0,
-                                bounds=([0.0, 0.0, 0.0], [np.inf, np.inf, np.inf]), maxfev=20_000)
+        # Finite upper bounds keep the optimiser's trial steps where the curve is finite (a step to
+        # sigma ~ 1e300 overflowed, and the fit of a noisy sweep failed on NaN): sigma is a serial
+        # share, at most 1; kappa beyond 1 would halve the throughput from one client to two; lambda
+        # (the one-client throughput) beyond a thousand times the most measured is not a fit.
+        upper = np.array([1e3 * float(np.max(x)), 1.0, 1.0])
+        p0 = np.clip(p0, 0.0, upper)
+        params, cov = curve_fit(usl_throughput, n, x, p0=p0, bounds=(np.zeros(3), upper), maxfev=maxfev)
     return params, cov
 
 
@@ -183,7 +194,7 @@ def fit_usl(
         if np.unique(n[idx]).size < 3:
             continue
         try:
-            p, _ = _fit(n[idx], x[idx])
+            p, _ = _fit(n[idx], x[idx], BOOTSTRAP_MAXFEV)
         except (RuntimeError, ValueError):  # no convergence, or a degenerate start, on this resample
             continue
         draws.append((*p, *_peak(*(float(v) for v in p), n_max)))
