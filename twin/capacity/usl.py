@@ -17,8 +17,8 @@ requests, workers — or offered load) with three parameters:
 Fitting the curve to a handful of measured (N, X) points, e.g. Locust step loads against the
 real API, turns "it got slow at 300 users" into where the limit is and what causes it (sigma:
 queue for something; kappa: things fighting each other). The fit is non-linear least squares
-(:func:`scipy.optimize.curve_fit`, parameters bounded: >= 0, sigma and kappa <= 1), started from the linearised
-form ``N / X = a + b N + c N**2``, which is an ordinary quadratic. Confidence intervals come from
+(:func:`scipy.optimize.curve_fit`, parameters >= 0, sigma and kappa <= 1), started from the
+linearised form ``N / X = a + b N + c N**2``, which is an ordinary quadratic. Confidence intervals come from
 a seeded bootstrap over the points (resample the points with replacement, refit, take the
 percentiles), and standard errors from the fit's covariance matrix; with few points the
 bootstrap is the more honest of the two, because it also sees parameters stuck at their bound.
@@ -139,7 +139,7 @@ def _initial_guess(n: np.ndarray, x: np.ndarray) -> np.ndarray:
 def _fit(n: np.ndarray, x: np.ndarray, maxfev: int = FIT_MAXFEV) -> tuple[np.ndarray, np.ndarray]:
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         # A parameter on its bound (kappa = 0) makes the covariance singular; stderr is then inf.
-        # Trial steps far out (huge sigma or kappa) overflow harmlessly: the optimiser rejects them.
+        # Trial steps near the bounds may still overflow in a resample's Jacobian: the bootstrap skips those.
         warnings.simplefilter("ignore", OptimizeWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
         p0 = _initial_guess(n, x)
