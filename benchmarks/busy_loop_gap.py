@@ -29,14 +29,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from loadtests import schedule  # noqa: E402
 from twin.capacity import calibrate as cb  # noqa: E402
 from twin.capacity import directload as dl  # noqa: E402
-from twin.capacity.pipeline import IDLE_S  # noqa: E402
+from twin.capacity.pipeline import IDLE_S, peak_hour, scenario_trace  # noqa: E402
 from twin.loadtest.httpload import build_request, run_load  # noqa: E402
-from twin.loadtest.runner import LoadTestRun, LocalServer, ensure_trace  # noqa: E402
-from twin.platform import arrivals_from_trace, endpoint_mix  # noqa: E402
-from twin.scenario import load_scenario  # noqa: E402
+from twin.loadtest.runner import LocalServer  # noqa: E402
 
 PLAN = (("metadata-1", 1), ("metadata-4", 4), ("mix-1", 1), ("mix-2", 2), ("mix-16", 16))
 
@@ -49,22 +46,17 @@ def main() -> int:
     p.add_argument("--results", default=str(ROOT / "results"))
     args = p.parse_args()
     scenario = Path(args.scenario)
-    trace_dir = ensure_trace(LoadTestRun(scenario=scenario, results=Path(args.results), quiet=True), scenario.stem,
-                             load_scenario(scenario))
-    trace = schedule.load_trace(trace_dir)
-    peak = schedule.resolve_window("peak-hour", trace)
-    sessions = trace.sessions
-    in_peak = sessions[(sessions["start_time"] >= peak.start) & (sessions["start_time"] < peak.end)]
-    trace_mix = endpoint_mix(arrivals_from_trace(sessions, trace.actions, peak.start, peak.end, outages=trace.outages))
+    trace = scenario_trace(scenario, Path(args.results))
+    peak = peak_hour(trace)
     rows: dict[str, list[tuple[float, ...]]] = {label: [] for label, _ in PLAN}
     with tempfile.TemporaryDirectory() as tmp:
         server = LocalServer.start(scenario, Path(tmp) / "twin.db", quiet=True)
         pid = server.process.pid
         try:
             teams = sorted(trace.citizens["team_id"].astype(int).unique())
-            fresh = dl.FreshPools(lambda: dl.build_pools(server.base_url, in_peak, teams, seed=1,
+            fresh = dl.FreshPools(lambda: dl.build_pools(server.base_url, peak.sessions, teams, seed=1,
                                                          submissions=int(args.rounds * 3 * args.window_s * 800)))
-            mix = dl.direct_mix(trace_mix, fresh.pools)
+            mix = dl.direct_mix(peak.mix, fresh.pools)
             c0, t0 = cb.event_loop_cpu_s(pid), time.monotonic()
             time.sleep(IDLE_S)  # the server at rest: its timers' CPU, as the capacity pipeline measures it
             idle_per_s = cb.idle_cpu_rate(cb.event_loop_cpu_s(pid) - c0, time.monotonic() - t0)

@@ -28,13 +28,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from loadtests import schedule  # noqa: E402
 from twin.capacity import calibrate as cb  # noqa: E402
 from twin.capacity import directload as dl  # noqa: E402
-from twin.capacity.pipeline import IDLE_S, wait_triage_idle  # noqa: E402
-from twin.loadtest.runner import LoadTestRun, LocalServer, ensure_trace  # noqa: E402
-from twin.platform import arrivals_from_trace, endpoint_mix  # noqa: E402
-from twin.scenario import load_scenario  # noqa: E402
+from twin.capacity.pipeline import IDLE_S, peak_hour, scenario_trace, wait_triage_idle  # noqa: E402
+from twin.loadtest.runner import LocalServer  # noqa: E402
 
 SINGLE_S = 1.5
 
@@ -48,13 +45,8 @@ def main() -> int:
     p.add_argument("--results", default=str(ROOT / "results"))
     args = p.parse_args()
     scenario = Path(args.scenario)
-    trace_dir = ensure_trace(LoadTestRun(scenario=scenario, results=Path(args.results), quiet=True), scenario.stem,
-                             load_scenario(scenario))
-    trace = schedule.load_trace(trace_dir)
-    peak = schedule.resolve_window("peak-hour", trace)
-    sessions = trace.sessions
-    in_peak = sessions[(sessions["start_time"] >= peak.start) & (sessions["start_time"] < peak.end)]
-    trace_mix = endpoint_mix(arrivals_from_trace(sessions, trace.actions, peak.start, peak.end, outages=trace.outages))
+    trace = scenario_trace(scenario, Path(args.results))
+    peak = peak_hour(trace)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         server = LocalServer.start(scenario, Path(tmp) / "twin.db", quiet=True)
@@ -62,8 +54,8 @@ def main() -> int:
         try:
             teams = sorted(trace.citizens["team_id"].astype(int).unique())
             per_round = int(args.rate * args.run_s * 1.2) + 2000
-            fresh = dl.FreshPools(lambda: dl.build_pools(server.base_url, in_peak, teams, seed=1, submissions=per_round))
-            mix = dl.direct_mix(trace_mix, fresh.pools)
+            fresh = dl.FreshPools(lambda: dl.build_pools(server.base_url, peak.sessions, teams, seed=1, submissions=per_round))
+            mix = dl.direct_mix(peak.mix, fresh.pools)
             c0, t0 = cb.event_loop_cpu_s(pid), time.monotonic()
             time.sleep(IDLE_S)  # the server at rest: its timers' CPU, as the capacity pipeline measures it
             idle_per_s = cb.idle_cpu_rate(cb.event_loop_cpu_s(pid) - c0, time.monotonic() - t0)

@@ -159,6 +159,48 @@ def _window_spec(start: pd.Timestamp, end: pd.Timestamp) -> str:
     return f"{start.isoformat()}..{end.isoformat()}"
 
 
+class Laps:
+    """Wall-clock seconds per phase of a run, written into ``into``: :meth:`lap` records the time
+    since the last lap (or since the Laps were made) under a phase's name."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into, self._mark = into, time.monotonic()
+
+    def lap(self, phase: str) -> None:
+        now = time.monotonic()
+        self.into[phase] = round(now - self._mark, 2)
+        self._mark = now
+
+
+@dataclass(frozen=True)
+class PeakHour:
+    """The trace's busiest hour: its window, the sessions that start in it, their calls (arrivals)
+    and the calls' endpoint mix — what the capacity runs and the machine benchmarks load with."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp
+    duration_s: float
+    sessions: pd.DataFrame
+    arrivals: pd.DataFrame
+    mix: dict[str, float]
+
+
+def peak_hour(trace) -> PeakHour:
+    """The peak hour of a loaded trace (``loadtests.schedule.load_trace``)."""
+    window = loadtests_module("schedule").resolve_window("peak-hour", trace)
+    s = trace.sessions
+    arrivals = arrivals_from_trace(s, trace.actions, window.start, window.end, outages=trace.outages)
+    return PeakHour(window.start, window.end, window.duration_s,
+                    s[(s["start_time"] >= window.start) & (s["start_time"] < window.end)], arrivals,
+                    endpoint_mix(arrivals))
+
+
+def scenario_trace(scenario: Path, results: Path):
+    """A scenario's session trace, simulated first if ``results/<scenario>/`` holds none."""
+    run = LoadTestRun(scenario=scenario, results=results, quiet=True)
+    return loadtests_module("schedule").load_trace(ensure_trace(run, scenario.stem, load_scenario(scenario)))
+
+
 def wait_triage_idle(base_url: str, limit_s: float = 30.0) -> int:
     """The server's triaged count once it stops moving (the triage of a run's submissions is done)."""
     deadline = time.monotonic() + limit_s
@@ -322,10 +364,10 @@ def run_capacity(run: CapacityRun) -> dict:
     (out / "runs").mkdir(parents=True)
     trace = schedule.load_trace(trace_dir)
     sessions, actions = trace.sessions, trace.actions
-    peak = schedule.resolve_window("peak-hour", trace)
+    peak = peak_hour(trace)
     trace_end = pd.Timestamp(trace.demand["minute"].iloc[-1]) + pd.Timedelta(minutes=1)
     model_cfg = server_config()
-    peak_arrivals = arrivals_from_trace(sessions, actions, peak.start, peak.end, outages=trace.outages)
+    peak_arrivals = peak.arrivals
     # the apps' background inbox polls join the trace's calls (twin/apps.py): at the peak hour's
     # enrolment, at the scenario's app mix
     peak_day = (peak.start - trace.run_start).total_seconds() / 86_400.0
@@ -334,15 +376,14 @@ def run_capacity(run: CapacityRun) -> dict:
     poll_per_citizen_s = poll_rate_per_citizen_s(sc.apps)
     trace_rate = len(peak_arrivals) / peak.duration_s
     poll_rate = enrolled * poll_per_citizen_s
-    trace_mix = endpoint_mix(peak_arrivals)
+    trace_mix = peak.mix
     design_mix = {e: share * trace_rate / (trace_rate + poll_rate) for e, share in trace_mix.items()}
     if poll_rate > 0:
         design_mix["message_poll"] = poll_rate / (trace_rate + poll_rate)
     summary: dict = {"scenario": name, "budget_s": budget, "server": SERVER, "peak_window": [str(peak.start),
                                                                                               str(peak.end)]}
     timings: dict[str, float] = {}
-    in_peak = (sessions["start_time"] >= peak.start) & (sessions["start_time"] < peak.end)
-    load_sessions = sessions[in_peak] if in_peak.sum() >= 20 else sessions
+    load_sessions = peak.sessions if len(peak.sessions) >= 20 else sessions
 
     with tempfile.TemporaryDirectory(prefix="twin-capacity-") as tmp:
         db = Path(tmp) / "twin.db"
@@ -371,15 +412,14 @@ def run_capacity(run: CapacityRun) -> dict:
                 summary["budget_s"] = budget
             summary["direct_mix"] = mix
             summary["direct_share_of_peak"] = float(sum(s for e, s in trace_mix.items() if e in mix))
-            phase_t = time.monotonic()
+            laps = Laps(timings)  # each phase's wall time, into the summary
             # 0. the server's idle CPU
             c0, t0 = cb.event_loop_cpu_s(pid), time.monotonic()
             time.sleep(IDLE_S)  # measuring a real process at rest
             idle_rate = cb.idle_cpu_rate(cb.event_loop_cpu_s(pid) - c0, time.monotonic() - t0)
             # what a request costs the loop less when it is busy (no wake-up, shared iterations)
             busy_loop = dl.busy_loop_saving(fresh.pools.host, fresh.pools.port, pid)
-            timings["idle_and_busy_loop"] = round(time.monotonic() - phase_t, 2)
-            phase_t = time.monotonic()
+            laps.lap("idle_and_busy_loop")
             # 1. calibration: a low-rate direct run
             cal_s = SHARES["calibration"] * budget
             c0, w0, t0 = cb.event_loop_cpu_s(pid), cb.TriageWork.read(server.base_url), time.monotonic()
@@ -407,8 +447,7 @@ def run_capacity(run: CapacityRun) -> dict:
                                           speed_window_s=cb.SPEED_WINDOW_S)
             _say(run, f"capacity {name}: calibration: {len(cal_req)} requests, CPU {details['cpu_ms_per_request']:.2f} "
                       f"ms per request, overhead {overhead_ms:.2f} ms, machine speed noise cv {speed_cv:.3f}")
-            timings["calibration"] = round(time.monotonic() - phase_t, 2)
-            phase_t = time.monotonic()
+            laps.lap("calibration")
             # 2. closed-loop concurrency sweep: saturation and the USL's points
             step_s = SHARES["sweep"] * budget / len(SWEEP_CONCURRENCY)
             steps = dl.closed_sweep(fresh.get(step_s * len(SWEEP_CONCURRENCY)), mix, SWEEP_CONCURRENCY, step_s, run.seed,
@@ -418,8 +457,7 @@ def run_capacity(run: CapacityRun) -> dict:
             _say(run, f"capacity {name}: sweep: saturation {measured_sat_per_s:.0f} req/s (median of the saturated "
                       f"steps {sweep_sat['saturated_steps']}; best step {sweep_sat['best_step_per_s']:.0f})")
             wait_triage_idle(server.base_url)
-            timings["sweep"] = round(time.monotonic() - phase_t, 2)
-            phase_t = time.monotonic()
+            laps.lap("sweep")
             # 3. open-model calibration: three low open loads (operational analysis of the loop's CPU)
             single_rate_per_s = len(cal_req) / cal_s
             open_cal_runs, open_cal_req = [], []
@@ -464,8 +502,7 @@ def run_capacity(run: CapacityRun) -> dict:
             open_cal = cb.with_speed_noise(open_cal, speed_cv)
             open_capacity_per_s = open_fit["capacity_per_s"]
             # (the variability under load is fitted on these runs once the server has stopped: below)
-            timings["open_calibration"] = round(time.monotonic() - phase_t, 2)
-            phase_t = time.monotonic()
+            laps.lap("open_calibration")
             # 4. open-model levels at shares of that capacity; the model runs on the same arrivals and
             #    predicts them from the calibration alone. Only the *placement* of a level uses what
             #    the level before it measured: the machine's speed drifts by a fifth within minutes,
@@ -507,8 +544,7 @@ def run_capacity(run: CapacityRun) -> dict:
                              **_gc_during(h0["gc"], h1["gc"]),
                              **_commits_during(h0.get("sqlite_commits"), h1.get("sqlite_commits")),
                              "client_lag_p95_ms": float(np.nanpercentile(req["lag_ms"], 95)) if len(req) else None})
-            timings["levels"] = round(time.monotonic() - phase_t, 2)
-            phase_t = time.monotonic()
+            laps.lap("levels")
             # 5. overload: twice the open-model capacity, then half of it — the service must shed the excess
             #    (503 + Retry-After) with a bounded p95 for what it admits, and recover by itself
             over_s = SHARES["overload"] * budget
@@ -530,7 +566,7 @@ def run_capacity(run: CapacityRun) -> dict:
             summary["overload"] = {"phases": phases, "phase_s": over_s,
                                    "normal_p95_ms": float(measured[0].query("endpoint == 'all'")["p95_ms"].iloc[0])}
             wait_triage_idle(server.base_url)
-            timings["overload"] = round(time.monotonic() - phase_t, 2)
+            laps.lap("overload")
             # 6. the trace itself, replayed by Locust through the real call sequences (realism, not judged:
             #    Locust's client time differs from the direct client's overhead)
             replay_s = SHARES["replay"] * budget

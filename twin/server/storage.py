@@ -158,13 +158,20 @@ SCHEMA = [
         practitioner TEXT NOT NULL, care_team TEXT NOT NULL, org TEXT NOT NULL, role TEXT NOT NULL,
         PRIMARY KEY (practitioner, care_team, role))""",
 ]
-# Columns added to a table after its first release: ALTER TABLE … ADD COLUMN when missing (neither
-# driver's ALTER is idempotent on its own), then the statements that need them. ``recipient`` is a
-# message's addressee as ``Type/id`` (Communication rows only; NULL elsewhere): the inbox search's
-# column. Both indexes are partial, so rows of other types (a submission's six) pay nothing: one
-# finds an inbox, the other the messages whose recipient a writer left unset (they are filled
-# when an inbox is searched: twin.server.routes_patient).
-ADDED_COLUMNS = [("resources", "recipient", "TEXT")]
+class AddedColumn(NamedTuple):
+    """A column added to a table after its first release (a step of the schema: Tx._migrate)."""
+
+    table: str
+    column: str
+    type: str
+
+
+# Columns added to a table after its first release, then the statements that need them.
+# ``recipient`` is a message's addressee as ``Type/id`` (Communication rows only; NULL elsewhere):
+# the inbox search's column. Both indexes are partial, so rows of other types (a submission's six)
+# pay nothing: one finds an inbox, the other the messages whose recipient a writer left unset (they
+# are filled when an inbox is searched: twin.server.routes_patient).
+ADDED_COLUMNS = [AddedColumn("resources", "recipient", "TEXT")]
 AFTER_ADDED_COLUMNS = [
     "CREATE INDEX IF NOT EXISTS resources_recipient ON resources (recipient, effective) WHERE recipient IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS resources_recipient_unset ON resources (type) "
@@ -203,7 +210,7 @@ AUDIT_SCHEMA = {
             at TEXT NOT NULL, PRIMARY KEY (request, patient)) WITHOUT ROWID""",
         "INSERT OR IGNORE INTO audit_patient_log (request, patient, at) SELECT request, patient, at FROM audit_patient",
         "DELETE FROM audit_patient",
-        "ALTER TABLE audit_request ADD COLUMN patients TEXT",  # (run only where the column is missing)
+        AddedColumn("audit_request", "patients", "TEXT"),
         """UPDATE audit_request SET patients = (SELECT json_group_array(l.patient) FROM
             (SELECT patient FROM audit_patient_log WHERE request = audit_request.id ORDER BY patient) l)
             WHERE id IN (SELECT request FROM audit_patient_log)""",
@@ -413,20 +420,22 @@ class Tx:
     async def has_column(self, table: str, column: str) -> bool:
         raise NotImplementedError
 
+    async def _migrate(self, step: str | AddedColumn) -> None:
+        """One step of the schema: a statement that is safe to repeat, or a column added after its
+        table's first release — ALTER TABLE … ADD COLUMN where it is missing (neither driver's ALTER
+        is idempotent on its own)."""
+        if isinstance(step, AddedColumn):
+            if not await self.has_column(step.table, step.column):
+                await self._execute(f"ALTER TABLE {step.table} ADD COLUMN {step.column} {step.type}")
+        else:
+            await self._execute(step)
+
     async def migrate_schema(self) -> None:
         """Create what is missing (safe to repeat on an existing database)."""
         for statement in SCHEMA:
             await self._execute(statement)
-        for table, column, type_ in ADDED_COLUMNS:
-            if not await self.has_column(table, column):
-                await self._execute(f"ALTER TABLE {table} ADD COLUMN {column} {type_}")
-        for statement in AFTER_ADDED_COLUMNS:
-            await self._execute(statement)
-        for statement in AUDIT_SCHEMA[self.dialect] + AUDIT_AFTER:
-            if statement.startswith("ALTER TABLE audit_request ADD COLUMN") and await self.has_column(
-                    "audit_request", statement.split()[5]):
-                continue  # SQLite's older audit tables gain the column once
-            await self._execute(statement)
+        for step in [*ADDED_COLUMNS, *AFTER_ADDED_COLUMNS, *AUDIT_SCHEMA[self.dialect], *AUDIT_AFTER]:
+            await self._migrate(step)
         if await self.has_column("audit", "patient"):  # the one-table audit of earlier versions
             await self._migrate_audit_table()
 
