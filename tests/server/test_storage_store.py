@@ -149,3 +149,36 @@ def test_lookup_answers_several_keyed_lookups_in_one_statement(storage_url):
     assert sorted(observations) == [("a-obs-0", 1, None), ("a-obs-2", 1, None), ("b-obs-0", 1, None)]  # not a-prov
     assert nothing == []
     assert provenance_a == [("a-prov", 1, 7)]
+
+
+def test_a_released_postgresql_connection_costs_no_reset_round_trip_and_comes_back_clean(pg_url):
+    # The pool takes a connection back without asyncpg's reset query (a round trip per request);
+    # a transaction left open is still rolled back, so the next unit starts clean.
+    async def go():
+        storage = Storage.connect(pg_url)
+        storage.pool_size = 1  # every unit below gets the same connection
+        await storage.open()
+        await storage.migrate()
+        try:
+            async with storage.transaction(one_write=True) as tx:
+                conn = tx.conn._con  # the connection itself: the pool's proxy dies at release
+                before = conn._protocol.queries_count
+                await tx.fetch("SELECT COUNT(*) FROM resources")
+            queries_per_read = conn._protocol.queries_count - before
+            with pytest.raises(RuntimeError, match="handler failed"):
+                async with storage.transaction(one_write=True) as tx:
+                    await tx.conn.execute("BEGIN")
+                    await tx.conn.execute("SET LOCAL statement_timeout = 1234")
+                    await tx.conn.execute("INSERT INTO outbox (id, kind, payload, created) "
+                                          "VALUES ('left-open', 'triage', '{}', $1)", AT)
+                    raise RuntimeError("handler failed")
+            async with storage.transaction(one_write=True) as tx:
+                assert tx.conn._con is conn
+                assert not conn.is_in_transaction()
+                left = (await tx.fetch("SELECT COUNT(*) FROM outbox"))[0][0]
+                timeout = (await tx.fetch("SHOW statement_timeout"))[0][0]
+            return queries_per_read, left, timeout
+        finally:
+            await storage.close()
+
+    assert asyncio.run(go()) == (1, 0, "0")
