@@ -101,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         bar.close()
     capacity_status = 0
     if not args.no_report and not getattr(args, "no_loadtest", False):
-        capacity_status = _capacity(Path(args.scenario), out_final.parent, args.quiet)
+        capacity_status = _capacity(Path(args.scenario), out_final.parent, args.quiet, name=out_final.name)
         if capacity_status == 0:
             from twin.report import build_report as _rebuild
             _rebuild(out_final)
@@ -116,12 +116,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return capacity_status
 
 
-def _capacity(scenario: Path, results: Path, quiet: bool, budget_s: float | None = None) -> int:
+def _capacity(scenario: Path, results: Path, quiet: bool, budget_s: float | None = None,
+              name: str | None = None) -> int:
     from twin.capacity.pipeline import CapacityRun, run_capacity
     from twin.loadtest import LoadTestError
 
     try:
-        s = run_capacity(CapacityRun(scenario, results=results, budget_s=budget_s, quiet=quiet))
+        s = run_capacity(CapacityRun(scenario, results=results, name=name, budget_s=budget_s, quiet=quiet))
     except (LoadTestError, OSError, ValueError) as exc:
         print(f"twin capacity: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""The capacity pipeline end to end on pilot-100 with a tiny budget (real server and Locust, 127.0.0.1)."""
+"""The capacity pipeline end to end on pilot-100 with a tiny budget (real server and Locust, 127.0.0.1), as
+`twin run` carries it out."""
 
 from __future__ import annotations
 
@@ -13,16 +14,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_capacity_pipeline_pilot_100(tmp_path):
+    # The main job's path: `twin run` with its load test, into a directory not named after the
+    # scenario file (`--out`), with a small load-test budget (a copy of pilot-100 that sets it).
+    scenario = tmp_path / "pilot-100.toml"
+    scenario.write_text((ROOT / "scenarios/pilot-100.toml").read_text(encoding="utf-8")
+                        + "\n[capacity]\nloadtest_budget_s = 25.0\n", encoding="utf-8")
     results = tmp_path / "results"
-    run = subprocess.run([sys.executable, "-m", "twin.cli", "run", str(ROOT / "scenarios/pilot-100.toml"),
-                          "--replications", "1", "--quiet", "--no-loadtest", "--out", str(results / "pilot-100")],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    cap = subprocess.run([sys.executable, "-m", "twin.cli", "capacity", str(ROOT / "scenarios/pilot-100.toml"),
-                          "--budget", "25", "--results", str(results), "--quiet"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=600)  # a hang guard, not a speed test
-    assert cap.returncode == 0, cap.stderr + cap.stdout
-    out = results / "pilot-100" / "capacity"
+    run = subprocess.run([sys.executable, "-m", "twin.cli", "run", str(scenario), "--replications", "1", "--quiet",
+                          "--out", str(results / "pilot-renamed")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)  # a hang guard, not a speed test
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert sorted(p.name for p in results.iterdir()) == ["pilot-renamed"]  # no second run beside it
+    out = results / "pilot-renamed" / "capacity"
     for f in ("calibration.json", "levels.csv", "steps.csv", "recommendation.csv", "capacity.json"):
         assert (out / f).is_file(), f
     s = json.loads((out / "capacity.json").read_text())
@@ -41,7 +44,4 @@ def test_capacity_pipeline_pilot_100(tmp_path):
     assert (steps["loop_cpu_ms_per_request"] > 0).all() and (steps["commit_units_per_request"] > 0).all()
     assert steps["loop_sleeps_per_request"].iloc[0] > steps["loop_sleeps_per_request"].iloc[-1]
     assert s["bottleneck"]
-    from twin.report import build_report
-
-    html = build_report(results / "pilot-100").read_text()
-    assert 'id="capacity"' in html
+    assert 'id="capacity"' in (results / "pilot-renamed" / "report.html").read_text()  # written by `twin run`

@@ -130,6 +130,7 @@ def server_config() -> PlatformConfig:
 class CapacityRun:
     scenario: Path
     results: Path = Path("results")
+    name: str | None = None  # the scenario's directory under results (default: the file's stem; `twin run --out`)
     budget_s: float | None = None  # default: the scenario's capacity.loadtest_budget_s
     seed: int = 0
     quiet: bool = False
@@ -351,11 +352,11 @@ def run_capacity(run: CapacityRun) -> dict:
 
     started = time.monotonic()
     scenario_path = Path(run.scenario)
-    name = scenario_path.stem
+    name = run.name or scenario_path.stem
     sc = load_scenario(scenario_path)
     cap = sc.capacity
     budget = float(run.budget_s or cap.loadtest_budget_s)
-    base_run = LoadTestRun(scenario=scenario_path, results=run.results, drain_s=DRAIN_S, users=USERS,
+    base_run = LoadTestRun(scenario=scenario_path, results=run.results, name=name, drain_s=DRAIN_S, users=USERS,
                            clinicians=CLINICIANS, latency_log=True, message_polls=False, quiet=True)
     trace_dir = ensure_trace(base_run, name, sc)  # first: a fresh run replaces results/<scenario>/ whole
     out = run.results / name / "capacity"

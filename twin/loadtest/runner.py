@@ -66,6 +66,7 @@ class LoadTestRun:
     drain_s: float = 15.0
     out: Path | None = None
     results: Path = Path("results")
+    name: str | None = None  # the scenario's directory under results (default: the file's stem; `twin run --out`)
     quiet: bool = False
     message_polls: bool = True  # False: leave out the apps' inbox polls (not in the trace or the platform model)
     latency_log: bool = False  # every request to <out>/requests.csv (loadtests/latency_log.py), for calibration
@@ -91,7 +92,7 @@ def run_loadtest(run: LoadTestRun) -> dict:
     schedule, shapes = _loadtests()
     load_trace, resolve_window, StepPlan = schedule.load_trace, schedule.resolve_window, shapes.StepPlan
 
-    name = Path(run.scenario).stem
+    name = run.name or Path(run.scenario).stem
     scenario = load_scenario(run.scenario)
     out = Path(run.out) if run.out else run.results / name / "loadtest"
     trace_dir = ensure_trace(run, name, scenario)
