@@ -65,19 +65,42 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measured_run(pid: int, port: int, pool: list[bytes], args) -> tuple[object, float]:
+def postgres_cpu_s() -> float:
+    """CPU seconds of every PostgreSQL process on the machine (the backends serving the run, and
+    the writer, WAL writer and checkpointer behind them); 0 where none is visible."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        if text.split(" (", 1)[1].startswith("postgres)"):
+            fields = text.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def measured_run(pid: int, port: int, pool: list[bytes], args) -> tuple[object, float, dict]:
     """One closed-loop run and the server's CPU per request (ms): a figure that, unlike throughput,
     hardly depends on what else the shared machine runs — the noisy neighbours slow the CPU a
-    little, they do not take the server's turn."""
-    cpu0 = process_cpu_s(pid)
+    little, they do not take the server's turn. Beside it, the CPU per request of the database's
+    processes and of the load generator (this process): on two cores the three share the machine,
+    and 2 / their sum is the most requests a second it could carry however fast each part ran."""
+    cpu0, db0, client0 = process_cpu_s(pid), postgres_cpu_s(), process_cpu_s(os.getpid())
     res = asyncio.run(run_load("127.0.0.1", port, pool, args.concurrency, args.duration, WARMUP_S))
-    return res, 1000.0 * (process_cpu_s(pid) - cpu0) / max(res.sent, 1)
+    per = 1000.0 / max(res.sent, 1)
+    split = {"database_cpu_ms_per_request": round(per * (postgres_cpu_s() - db0), 4),
+             "client_cpu_ms_per_request": round(per * (process_cpu_s(os.getpid()) - client0), 4)}
+    return res, per * (process_cpu_s(pid) - cpu0), split
 
 
-def report(kind: str, label: str, res, cpu_ms: float) -> None:
+def report(kind: str, label: str, res, cpu_ms: float, split: dict) -> None:
+    machine_ms = cpu_ms + split["database_cpu_ms_per_request"] + split["client_cpu_ms_per_request"]
     print(f"  {kind:10s} {label:9s} {res.rps:8.0f} req/s  p50 {res.percentile_ms(50):6.1f}  "
           f"p95 {res.percentile_ms(95):6.1f}  p99 {res.percentile_ms(99):6.1f} ms  server CPU {cpu_ms:6.3f} ms/req  "
-          f"errors {res.errors}", flush=True)
+          f"errors {res.errors}  (+ database {split['database_cpu_ms_per_request']:.3f}, client "
+          f"{split['client_cpu_ms_per_request']:.3f} ms: {os.cpu_count()} cores carry at most "
+          f"{1000.0 * (os.cpu_count() or 1) / max(machine_ms, 1e-9):.0f}/s)", flush=True)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen) -> None:
@@ -208,9 +231,9 @@ def bench_twin(kind: str, tmp: Path, args) -> dict:
             if label != "submit":
                 out["triage_backlog_s"] = wait_triage_idle(base)  # reads are measured without triage running
             triaged = httpx.get(f"{base}/health").json()["triaged"]
-            res, cpu_ms = measured_run(proc.pid, port, pool, args)
-            out[label] = {**res.summary(), "server_cpu_ms_per_request": round(cpu_ms, 4)}
-            report(kind, label, res, cpu_ms)
+            res, cpu_ms, split = measured_run(proc.pid, port, pool, args)
+            out[label] = {**res.summary(), "server_cpu_ms_per_request": round(cpu_ms, 4), **split}
+            report(kind, label, res, cpu_ms, split)
             if label == "submit":  # every submission sent (warm-up too) was answered 201 or counts as an error
                 drain = drain_triage(base, proc.pid, triaged + res.sent - res.errors)
                 out[label] |= sustained(res, cpu_ms, drain, args)
@@ -245,9 +268,9 @@ def bench_bare(kind: str, tmp: Path, args) -> dict:
         wait_healthy(f"http://127.0.0.1:{port}/health", proc)
         body = json.dumps({"resourceType": "Observation", "status": "final", "valueQuantity": {"value": 95}}).encode()
         pool = [build_request("POST", f"127.0.0.1:{port}", "/insert", {"Content-Type": "application/json"}, body)]
-        res, cpu_ms = measured_run(proc.pid, port, pool, args)
-        report(kind, "bare", res, cpu_ms)
-        return {**res.summary(), "server_cpu_ms_per_request": round(cpu_ms, 4)}
+        res, cpu_ms, split = measured_run(proc.pid, port, pool, args)
+        report(kind, "bare", res, cpu_ms, split)
+        return {**res.summary(), "server_cpu_ms_per_request": round(cpu_ms, 4), **split}
     finally:
         stop_process(proc)
         drop_database(kind, name)

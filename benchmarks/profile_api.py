@@ -124,9 +124,9 @@ def main() -> int:
                                          "raw", "--threads", "--nonblocking", "--duration",
                                          str(int(args.duration) + 1), "--output", str(raw)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            res, cpu_ms = ba.measured_run(proc.pid, port, pools[args.endpoint], args)
+            res, cpu_ms, split = ba.measured_run(proc.pid, port, pools[args.endpoint], args)
             spy_proc.wait(timeout=args.duration + 30)
-            ba.report(args.database, args.endpoint, res, cpu_ms)
+            ba.report(args.database, args.endpoint, res, cpu_ms, split)
             print(aggregate(raw, args.top))
             for function in args.callers:
                 print(callers(raw, function))

@@ -36,13 +36,19 @@ async def _count(database: str, type_: str) -> int:
         await storage.close()
 
 
-def test_short_locust_replay_succeeds_per_endpoint_and_stores_submissions(tmp_path_factory, pilot_results):
-    server = seeded_server(tmp_path_factory, "locust")
+WINDOW = "2026-03-02T07:00..2026-03-02T11:00"
+
+
+@pytest.mark.parametrize("processes", [0, 2], ids=["one-process", "distributed"])
+def test_short_locust_replay_succeeds_per_endpoint_and_stores_submissions(tmp_path_factory, pilot_results,
+                                                                          pilot_trace, processes):
+    # distributed: a Locust master and two workers, each replaying its own part of the schedule
+    server = seeded_server(tmp_path_factory, f"locust-{processes}")
     try:
         out = tmp_path_factory.mktemp("loadtest")
         summary = run_loadtest(LoadTestRun(
-            scenario=SCENARIOS / "pilot-100.toml", target=server.base_url,
-            window="2026-03-02T07:00..2026-03-02T11:00", speedup=1440, drain_s=3, users=30, clinicians=3,
+            scenario=SCENARIOS / "pilot-100.toml", target=server.base_url, processes=processes,
+            window=WINDOW, speedup=1440, drain_s=3, users=30, clinicians=3,
             results=pilot_results.parent, out=out, quiet=True))
         stored = asyncio.run(_count(server.database, "Provenance"))
     finally:
@@ -53,8 +59,11 @@ def test_short_locust_replay_succeeds_per_endpoint_and_stores_submissions(tmp_pa
         assert by_endpoint[name]["requests"] > 0, name
     assert all(e["failures"] == 0 for e in summary["endpoints"]), [e for e in summary["endpoints"] if e["failures"]]
     assert summary["locust_exit_code"] == 0
-    # every upload of the window was stored once (one Provenance per submission)
-    assert summary["events"]["upload"] > 0 and stored == summary["events"]["upload"]
+    # every upload of the window was sent — by one worker only — and stored once (one Provenance each)
+    scheduled = Counter(e.kind for e in sc.citizen_events(pilot_trace, sc.resolve_window(WINDOW, pilot_trace)))
+    assert summary["events"]["upload"] == scheduled[sc.UPLOAD] > 0
+    assert summary["events"]["session_start"] == scheduled[sc.SESSION_START]
+    assert stored == summary["events"]["upload"]
     apps = {a.name for a in load_scenario(SCENARIOS / "pilot-100.toml").apps.vendors}
     assert set(summary["requests_per_app"]) == apps | {"clinician"}
     assert (out / "locust_stats_history.csv").exists() and (out / "endpoint_over_time.csv").exists()
