@@ -177,8 +177,9 @@ def test_a_released_postgresql_connection_costs_no_reset_round_trip_and_comes_ba
                 assert not conn.is_in_transaction()
                 left = (await tx.fetch("SELECT COUNT(*) FROM outbox"))[0][0]
                 timeout = (await tx.fetch("SHOW statement_timeout"))[0][0]
-            return queries_per_read, left, timeout
+                plans = (await tx.fetch("SELECT current_setting('plan_cache_mode')"))[0][0]  # set for the session: it stays
+            return queries_per_read, left, timeout, plans
         finally:
             await storage.close()
 
-    assert asyncio.run(go()) == (1, 0, "0")
+    assert asyncio.run(go()) == (1, 0, "0", "force_generic_plan")
