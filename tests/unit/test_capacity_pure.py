@@ -251,6 +251,13 @@ def test_fit_open_demand_is_never_cheaper_than_the_closed_loop_saturation():
     assert 0 < held["wake_ms"] < free["wake_ms"]  # the rest of the fall with the load
     # a floor below the line changes nothing
     assert fit_open_demand(runs, idle, saturation_per_s=5000.0) == free
+    # a line too steep to believe on its own (D under 60 % of the busiest run's cost) is held at
+    # the floor, its wake-up refitted — not flattened into one constant cost
+    steep = [{"wall_s": 10.0, "requests": n, "cpu_s": 10.0 * (idle + u), "triage_s": 0.0}
+             for n, u in ((1250, 0.45), (2600, 0.65))]  # 3.6 and 2.5 ms: the line gives D = 0.85 ms
+    assert fit_open_demand(steep, idle)["wake_ms"] == 0.0
+    held = fit_open_demand(steep, idle, saturation_per_s=500.0)
+    assert held["per_request_ms"] == pytest.approx(0.95 * 1000 / 500) and held["wake_ms"] > 1.0
 
 
 def test_compare_levels_asks_whether_the_prediction_is_within_the_bar_of_the_measured_interval():
