@@ -5,6 +5,9 @@ the twin counted, per team and colour."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -130,3 +133,19 @@ def test_replaying_a_day_gives_the_alerts_the_twin_counted(tmp_path_factory, pil
                         for (t, col), n in day.groupby(["team_id", "colour"], observed=True).size().items() if n})
     assert sum(expected[k] for k in expected if k[1] != "routine") > 0  # the day has alerts to compare
     assert got == expected
+
+
+def test_twin_loadtest_without_a_target_starts_and_seeds_its_own_server(tmp_path, pilot_results):
+    # `twin loadtest SCENARIO` alone: a local server on SQLite, seeded from the scenario, Locust
+    # headless against it, the per-endpoint statistics in results/<scenario>/loadtest/
+    (tmp_path / "results").symlink_to(pilot_results.parent, target_is_directory=True)  # the trace is there
+    run = subprocess.run([sys.executable, "-m", "twin.cli", "loadtest", str(SCENARIOS / "pilot-100.toml"),
+                          "--window", WINDOW, "--speedup", "1440", "--duration", "12", "--users", "30",
+                          "--clinicians", "3", "--quiet"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)  # a hang guard
+    assert run.returncode == 0, run.stderr + run.stdout
+    out = pilot_results / "loadtest"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["target"].startswith("http://127.0.0.1:") and summary["locust_exit_code"] == 0
+    assert summary["events"]["upload"] > 0 and (out / "locust_stats_history.csv").exists()
+    assert "submit_measurement" in run.stdout and "-> results/pilot-100/loadtest/summary.json" in run.stdout
