@@ -493,7 +493,7 @@ class Storage:
         for the requests (``r``) each joined with its patients, none included (a LEFT JOIN), and
         ``{request_patient}`` for the patient's column in that join."""
         async with self.transaction() as tx:
-            return await tx.fetch(sql.format(**AUDIT_SOURCES["postgresql"]), params)
+            return await tx.fetch(sql.format(**AUDIT_SOURCES[tx.dialect]), params)
 
     async def audit_index_stats(self) -> dict | None:
         """SQLite's by-patient audit index: requests copied by this process, requests logged but
