@@ -59,10 +59,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stat_cpu_s(stat_line: str) -> float:
+    """User + system CPU seconds from a ``/proc/<pid>/stat`` line (all the process's threads)."""
+    fields = stat_line.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_cpu_s(pid: int) -> float:
     """CPU seconds of a process, all its threads (user + system), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _stat_cpu_s(Path(f"/proc/{pid}/stat").read_text())
 
 
 def postgres_cpu_s() -> float:
@@ -71,12 +76,11 @@ def postgres_cpu_s() -> float:
     total = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            text = stat.read_text()
+            line = stat.read_text()
         except OSError:  # the process ended meanwhile
             continue
-        if text.split(" (", 1)[1].startswith("postgres)"):
-            fields = text.rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if line.split(" (", 1)[1].startswith("postgres)"):
+            total += _stat_cpu_s(line)
     return total
 
 

@@ -275,8 +275,8 @@ def _capacity_context(run_dir: Path) -> dict | None:
     read = lambda f: pd.read_csv(cap / f).to_dict("records") if (cap / f).is_file() else []  # noqa: E731
     levels = [r for r in read("levels.csv") if r["endpoint"] in ("all", "submit_measurement")]
     shares = [f"{100 * s:.0f}" for s in summary.get("level_shares", (0.2, 0.5, 0.8))]  # (0.8: before session 9)
-    summary["level_shares_text"] = " and ".join([", ".join(shares[:-1]), shares[-1]]) if len(shares) > 1 else shares[0]
-    return {"s": summary, "levels": levels, "steps": read("steps.csv"), "usl": read("usl.csv"),
+    return {"s": summary, "levels": levels, "level_shares": ", ".join(shares[:-1]) + " and " + shares[-1],
+            "steps": read("steps.csv"), "usl": read("usl.csv"),
             "recommendation": read("recommendation.csv"), "storage": read("storage.csv"),
             "figures": {n: _data_uri(p) for n, p in pngs.items()}}
 

@@ -845,6 +845,7 @@ class PostgresStorage(Storage):
         self.url = url
         self.pool_size = pool_size
         self.pool = None
+        self._turns: asyncio.Semaphore | None = None  # the pool's connections, first come first served (open)
 
     async def open(self) -> None:
         import asyncpg
